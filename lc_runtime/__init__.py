@@ -1,0 +1,7 @@
+"""lc-runtime: a compiled inference runtime for LongCat-Video."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]
