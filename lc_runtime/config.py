@@ -104,17 +104,13 @@ class DiTConfig:
                 f"DiTConfig.hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})"
             )
         if self.head_dim % 2 or self.head_dim < 6:
-            raise ValueError(
-                f"DiTConfig head_dim = hidden_size/num_heads must be even and >= 6, got {self.head_dim}"
-            )
+            raise ValueError(f"DiTConfig head_dim = hidden_size/num_heads must be even and >= 6, got {self.head_dim}")
         if len(self.patch_size) != 3 or self.patch_size[0] != 1 or any(p <= 0 for p in self.patch_size):
             raise ValueError(
                 f"DiTConfig.patch_size must be [1, ph, pw] (temporal patch 1), got {list(self.patch_size)}"
             )
         if self.frequency_embedding_size % 2:
-            raise ValueError(
-                f"DiTConfig.frequency_embedding_size must be even, got {self.frequency_embedding_size}"
-            )
+            raise ValueError(f"DiTConfig.frequency_embedding_size must be even, got {self.frequency_embedding_size}")
         if self.mlp_ratio <= 0:
             raise ValueError(f"DiTConfig.mlp_ratio must be > 0, got {self.mlp_ratio!r}")
 
@@ -172,9 +168,7 @@ class VAEConfig:
     def __post_init__(self):
         for name in ("dim_mult", "attn_scales", "temperal_downsample", "latents_mean", "latents_std"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
-        _check_positive(
-            self, "base_dim", "z_dim", "num_res_blocks", "scale_factor_spatial", "scale_factor_temporal"
-        )
+        _check_positive(self, "base_dim", "z_dim", "num_res_blocks", "scale_factor_spatial", "scale_factor_temporal")
         if len(self.temperal_downsample) != len(self.dim_mult) - 1:
             raise ValueError(
                 f"VAEConfig.temperal_downsample needs len(dim_mult)-1 = {len(self.dim_mult) - 1} entries, "
@@ -182,9 +176,7 @@ class VAEConfig:
             )
         for name in ("latents_mean", "latents_std"):
             if len(getattr(self, name)) != self.z_dim:
-                raise ValueError(
-                    f"VAEConfig.{name} needs z_dim = {self.z_dim} values, got {len(getattr(self, name))}"
-                )
+                raise ValueError(f"VAEConfig.{name} needs z_dim = {self.z_dim} values, got {len(getattr(self, name))}")
         if self.is_residual or self.patch_size not in (None, 1):
             raise ValueError("VAEConfig: only the Wan2.1 VAE (is_residual false, no patchify) is supported")
 
@@ -207,9 +199,7 @@ class SchedulerConfig:
         if self.shift <= 0:
             raise ValueError(f"SchedulerConfig.shift must be > 0, got {self.shift!r}")
         if self.use_dynamic_shifting or self.invert_sigmas:
-            raise ValueError(
-                "SchedulerConfig: use_dynamic_shifting/invert_sigmas are not used by LongCat-Video"
-            )
+            raise ValueError("SchedulerConfig: use_dynamic_shifting/invert_sigmas are not used by LongCat-Video")
 
     @classmethod
     def from_json(cls, path: str | Path) -> SchedulerConfig:

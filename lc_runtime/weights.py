@@ -265,9 +265,7 @@ def read_lora_file(path: str | Path) -> dict[str, LoRAModule]:
     out = {}
     for target, e in parts.items():
         if "down" not in e or not e["ups"] or "alpha" not in e:
-            raise CheckpointError(
-                f"LoRA file {path}: module {target} lacks lora_down, lora_up or alpha_scale"
-            )
+            raise CheckpointError(f"LoRA file {path}: module {target} lacks lora_down, lora_up or alpha_scale")
         ups = tuple(e["ups"][j] for j in sorted(e["ups"]))
         n = len(ups)
         if e["down"].shape[0] % n or any(u.shape[1] != e["down"].shape[0] // n for u in ups):

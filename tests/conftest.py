@@ -53,5 +53,8 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, *, rtol: float, a
     expected = expected.detach().float().cpu()
     assert actual.shape == expected.shape, f"{what}: shape {list(actual.shape)} != {list(expected.shape)}"
     diff = (actual - expected).abs()
-    msg = f"{what}: max abs diff {diff.max().item():.3e}, mean {diff.mean().item():.3e}, max |ref| {expected.abs().max().item():.3e}"
+    msg = (
+        f"{what}: max abs diff {diff.max().item():.3e}, mean {diff.mean().item():.3e}, "
+        f"max |ref| {expected.abs().max().item():.3e}"
+    )
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, msg=msg)
