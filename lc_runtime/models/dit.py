@@ -1,0 +1,457 @@
+"""LongCat-Video DiT (`LongCatVideoTransformer3DModel`), native and exportable (SPEC §1).
+
+Attribute names mirror the checkpoint keys (SPEC §1.2), so loading is a strict identity map.
+
+Precision policy (SPEC §0.10, §1.3): with bf16 weights the timestep is rounded to bf16, and the timestep MLP,
+every adaLN modulation linear, the modulated LayerNorms, the gated residual adds, q/k RMSNorm statistics, RoPE
+and the final layer run in fp32 (bf16 weights up-cast); everything else runs in bf16. With fp32 weights every
+cast is a no-op and the model is plain fp32.
+
+Three graphs (all plain functions of tensors, no data-dependent shapes, so ``torch.export`` works):
+  * ``forward(latents, timestep, text_embeds, text_mask, num_cond_latents=nc)``: full / conditioned forward;
+  * ``prefill(cond_latents)``: the conditioning frames alone at timestep 0 without text (SPEC §2.7), returning
+    every block's K (RMS-normed and already roped at t = 0..nc-1) and V as one :class:`KVCache`;
+  * ``forward(noise_latents, timestep, text_embeds, text_mask, kv_cache=kv)``: cached decode; new tokens are
+    roped at t = nc.. and attend to [cache ; new] without copying the cache (``prefix_attention``).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import DiTConfig
+from ..ops.attention import attention, prefix_attention
+from ..ops.rope import apply_rope, rope_cos_sin
+
+EPS = 1e-6
+
+
+class KVCache(NamedTuple):
+    """Self-attention K/V of the conditioning tokens, per block: k, v [depth, 1, H, Nc, D]; k is roped."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+
+
+class TextContext(NamedTuple):
+    """Cross-attention K/V of the caption, per block: k, v [depth, B, H, L, D]; mask [B, L] bool or None."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+    mask: torch.Tensor | None
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` that can compute in fp32 (the reference's fp32-autocast islands) and carry unmerged LoRA
+    adapters (``lc_runtime.lora``), which add ``Σ up(down(x)) · scale`` to the output."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, fp32: bool = False):
+        super().__init__(in_features, out_features, bias=bias, device="meta")
+        self.fp32 = fp32
+        self.adapters: list = []
+
+    def reset_parameters(self) -> None:  # built on meta and loaded; random init lives in init_random_
+        pass
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fp32:
+            bias = None if self.bias is None else self.bias.float()
+            y = F.linear(x.float(), self.weight.float(), bias)
+        else:
+            y = F.linear(x, self.weight, self.bias)
+        for adapter in self.adapters:
+            y = y + adapter(x, fp32=self.fp32, weight_dtype=self.weight.dtype)
+        return y
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """RMSNorm_FP32: statistics in fp32, cast back, then the gain multiply in x's dtype (SPEC §1.3)."""
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + EPS)).to(x.dtype) * weight
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, frames: int) -> torch.Tensor:
+    """fp32 LayerNorm (no affine) + per-frame ``x·(1+scale)+shift``; x [B, N, C], shift/scale [B, T, 1, C]."""
+    B, N, C = x.shape
+    xf = F.layer_norm(x.float().view(B, frames, N // frames, C), (C,), eps=EPS)
+    return (xf * (1 + scale) + shift).to(x.dtype).view(B, N, C)
+
+
+def gated_add(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor, frames: int) -> torch.Tensor:
+    """``x + gate·y`` in fp32, rounded to x's dtype; gate [B, T, 1, C] is per frame."""
+    B, N, C = x.shape
+    out = x.view(B, frames, N // frames, C).float() + gate * y.view(B, frames, N // frames, C).float()
+    return out.to(x.dtype).view(B, N, C)
+
+
+class LayerNormFP32(nn.LayerNorm):
+    def __init__(self, dim: int):
+        super().__init__(dim, eps=EPS, device="meta")
+
+    def reset_parameters(self) -> None:
+        pass
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), EPS).to(x.dtype)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(dim, device="meta"), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm(x, self.weight)
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        p = cfg.patch_size
+        self.proj = nn.Conv3d(cfg.in_channels, cfg.hidden_size, p, stride=p, device="meta")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)  # [B, C, T, h, w] -> [B, T*h*w, C], (t, h, w) raster
+
+
+class TimestepEmbedder(nn.Module):
+    """Sinusoidal [cos | sin] embedding -> Linear -> SiLU -> Linear, all in fp32."""
+
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        self.freq_dim = cfg.frequency_embedding_size
+        d = cfg.adaln_tembed_dim
+        self.mlp = nn.Sequential(Linear(self.freq_dim, d, fp32=True), nn.SiLU(), Linear(d, d, fp32=True))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        half = self.freq_dim // 2
+        freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+        args = t.float()[:, None] * freqs[None]
+        return self.mlp(torch.cat([torch.cos(args), torch.sin(args)], dim=-1))
+
+
+class CaptionEmbedder(nn.Module):
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        c = cfg.hidden_size
+        self.y_proj = nn.Sequential(Linear(cfg.caption_channels, c), nn.GELU(approximate="tanh"), Linear(c, c))
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return self.y_proj(y)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        c, self.heads = cfg.hidden_size, cfg.num_heads
+        self.qkv = Linear(c, 3 * c)
+        self.q_norm, self.k_norm = RMSNorm(cfg.head_dim), RMSNorm(cfg.head_dim)
+        self.proj = Linear(c, c)
+
+    def qkv_heads(self, x: torch.Tensor):
+        """x [B, N, C] -> normed q, k and raw v, each [B, H, N, D] (qkv layout [q|k|v], head-major)."""
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).view(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        return self.q_norm(q), self.k_norm(k), v
+
+    def out(self, o: torch.Tensor) -> torch.Tensor:
+        B, H, N, D = o.shape
+        return self.proj(o.transpose(1, 2).reshape(B, N, H * D))
+
+    def forward(self, x, cos, sin, num_cond_tokens: int):
+        q, k, v = self.qkv_heads(x)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if num_cond_tokens == 0:
+            return self.out(attention(q, k, v)), k, v
+        nc = num_cond_tokens  # conditioning queries see only conditioning keys; noise queries see all keys
+        o_cond = attention(q[:, :, :nc], k[:, :, :nc], v[:, :, :nc])
+        o_noise = attention(q[:, :, nc:], k, v)
+        return self.out(torch.cat([o_cond, o_noise], dim=2)), k, v
+
+    def forward_cached(self, x, cos, sin, k_cache, v_cache):
+        q, k, v = self.qkv_heads(x)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        return self.out(prefix_attention(q, k, v, k_cache, v_cache))
+
+
+class CrossAttention(nn.Module):
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        c, self.heads = cfg.hidden_size, cfg.num_heads
+        self.q_linear, self.kv_linear, self.proj = Linear(c, c), Linear(c, 2 * c), Linear(c, c)
+        self.q_norm, self.k_norm = RMSNorm(cfg.head_dim), RMSNorm(cfg.head_dim)
+
+    def text_kv(self, y: torch.Tensor):
+        """y [B, L, C] -> normed k and v, each [B, H, L, D] (kv layout [k|v])."""
+        B, L, C = y.shape
+        k, v = self.kv_linear(y).view(B, L, 2, self.heads, C // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        return self.k_norm(k), v
+
+    def forward(self, x, k, v, mask):
+        B, N, C = x.shape
+        q = self.q_norm(self.q_linear(x).view(B, N, self.heads, C // self.heads).transpose(1, 2))
+        o = attention(q, k, v, mask)
+        return self.proj(o.transpose(1, 2).reshape(B, N, C))
+
+
+class FeedForwardSwiGLU(nn.Module):
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        c, h = cfg.hidden_size, cfg.ffn_hidden_size
+        self.w1, self.w2, self.w3 = Linear(c, h, bias=False), Linear(h, c, bias=False), Linear(c, h, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class Block(nn.Module):
+    """`LongCatSingleStreamBlock` (SPEC §1.5)."""
+
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        c = cfg.hidden_size
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), Linear(cfg.adaln_tembed_dim, 6 * c, fp32=True))
+        self.attn = SelfAttention(cfg)
+        self.pre_crs_attn_norm = LayerNormFP32(c)
+        self.cross_attn = CrossAttention(cfg)
+        self.ffn = FeedForwardSwiGLU(cfg)
+
+    def forward(self, x, t, rope, text_kv, frames: int, num_cond_tokens: int = 0, kv_cache=None):
+        """x [B, N, C]; t [B, T, Ct] fp32; rope (cos, sin); text_kv (k, v, mask) or None to skip cross-attn;
+        kv_cache (k, v) of this block or None. Returns (x, k, v) where k (roped), v are this call's keys."""
+        B, N, C = x.shape
+        mods = self.adaLN_modulation(t).view(B, frames, 1, 6 * C).chunk(6, dim=-1)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods
+        xm = modulate(x, shift_msa, scale_msa, frames)
+        if kv_cache is None:
+            a, k, v = self.attn(xm, *rope, num_cond_tokens)
+        else:
+            a, k, v = self.attn.forward_cached(xm, *rope, *kv_cache), None, None
+        x = gated_add(x, gate_msa, a, frames)
+        if text_kv is not None:
+            x = x + self._cross(x, text_kv, num_cond_tokens)
+        x = gated_add(x, gate_mlp, self.ffn(modulate(x, shift_mlp, scale_mlp, frames)), frames)
+        return x, k, v
+
+    def _cross(self, x, text_kv, num_cond_tokens: int):
+        """Cross-attention; conditioning tokens get a zero output (SPEC §1.7)."""
+        xn = self.pre_crs_attn_norm(x)
+        if num_cond_tokens == 0:
+            return self.cross_attn(xn, *text_kv)
+        out = self.cross_attn(xn[:, num_cond_tokens:], *text_kv)
+        return torch.cat([out.new_zeros(out.shape[0], num_cond_tokens, out.shape[2]), out], dim=1)
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        c = cfg.hidden_size
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), Linear(cfg.adaln_tembed_dim, 2 * c, fp32=True))
+        self.linear = Linear(c, cfg.patch_channels, fp32=True)
+
+    def forward(self, x, t, frames: int):
+        B, N, C = x.shape
+        shift, scale = self.adaLN_modulation(t).view(B, frames, 1, 2 * C).chunk(2, dim=-1)
+        return self.linear(modulate(x, shift, scale, frames))  # fp32 [B, N, out*prod(patch)]
+
+
+class LongCatDiT(nn.Module):
+    """The LongCat-Video transformer. Build with :func:`load_dit` (checkpoint) or ``LongCatDiT(cfg)`` +
+    :func:`init_random_` (random weights of any flavour); parameters start on the meta device."""
+
+    def __init__(self, config: DiTConfig):
+        super().__init__()
+        self.config = config
+        self.x_embedder = PatchEmbed(config)
+        self.t_embedder = TimestepEmbedder(config)
+        self.y_embedder = CaptionEmbedder(config)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.depth))
+        self.final_layer = FinalLayer(config)
+        self.lora = None  # a lc_runtime.lora.LoRAState once a LoRA is loaded
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.final_layer.linear.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.final_layer.linear.weight.device
+
+    # ------------------------------------------------------------------------------------------- pieces
+    def grid(self, latents: torch.Tensor) -> tuple[int, int, int]:
+        _, C, T, H, W = latents.shape
+        _, ph, pw = self.config.patch_size
+        if self.config.in_channels != C or H % ph or W % pw:
+            raise ValueError(
+                f"DiT latents must be [B, {self.config.in_channels}, T, H, W] with H % {ph} == 0 and W % {pw} == 0, "
+                f"got {list(latents.shape)}"
+            )
+        return T, H // ph, W // pw
+
+    def embed_timestep(self, timestep: torch.Tensor, batch: int, frames: int) -> torch.Tensor:
+        """timestep [B] or [B, T] -> per-frame embedding [B, T, Ct] fp32 (timestep rounded to the DiT dtype)."""
+        if timestep.dim() == 0:
+            timestep = timestep.expand(batch)
+        if timestep.dim() == 1:
+            timestep = timestep[:, None].expand(batch, frames)
+        if tuple(timestep.shape) != (batch, frames):
+            raise ValueError(
+                f"timestep must be [B]=[{batch}] or [B, T]=[{batch}, {frames}], got {list(timestep.shape)}"
+            )
+        t = timestep.to(self.dtype).float().reshape(-1)
+        return self.t_embedder(t).view(batch, frames, -1)
+
+    def prepare_text(self, text_embeds: torch.Tensor, text_mask: torch.Tensor | None) -> TextContext:
+        """Caption MLP and every block's cross-attention K/V, computed once per generation.
+
+        text_embeds [B, 1, L, Cc] or [B, L, Cc]; text_mask [B, L] (nonzero = valid) or None. With
+        ``text_tokens_zero_pad`` the pad features are zeroed after the MLP and all L slots are attended
+        (SPEC §0.5); otherwise pad slots are masked out of the attention.
+        """
+        y = text_embeds.flatten(1, -2) if text_embeds.dim() == 4 else text_embeds
+        if y.dim() != 3 or y.shape[-1] != self.config.caption_channels:
+            raise ValueError(
+                f"text_embeds must be [B, 1, L, {self.config.caption_channels}], got {list(text_embeds.shape)}"
+            )
+        y = self.y_embedder(y.to(self.dtype))
+        mask = None
+        if text_mask is not None:
+            if tuple(text_mask.shape) != tuple(y.shape[:2]):
+                raise ValueError(f"text_mask must be [B, L] = {list(y.shape[:2])}, got {list(text_mask.shape)}")
+            if self.config.text_tokens_zero_pad:
+                y = y * text_mask[:, :, None].to(y.dtype)
+            else:
+                mask = text_mask != 0
+        ks, vs = zip(*(blk.cross_attn.text_kv(y) for blk in self.blocks))
+        return TextContext(torch.stack(ks), torch.stack(vs), mask)
+
+    def unpatchify(self, x: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        """[B, N, pt*ph*pw*C] (C fastest) -> [B, C, T*pt, H*ph, W*pw]."""
+        B = x.shape[0]
+        T, H, W = grid
+        pt, ph, pw = self.config.patch_size
+        C = self.config.out_channels
+        x = x.view(B, T, H, W, pt, ph, pw, C).permute(0, 7, 1, 4, 2, 5, 3, 6)
+        return x.reshape(B, C, T * pt, H * ph, W * pw)
+
+    # ------------------------------------------------------------------------------------------- graphs
+    def forward(
+        self,
+        latents: torch.Tensor,
+        timestep: torch.Tensor,
+        text_embeds: torch.Tensor | None = None,
+        text_mask: torch.Tensor | None = None,
+        num_cond_latents: int = 0,
+        kv_cache: KVCache | None = None,
+        text_context: TextContext | None = None,
+    ) -> torch.Tensor:
+        """Predicted velocity v ≈ x0 − ε, fp32 [B, C_out, T, H, W] (SPEC §1.4).
+
+        latents [B, C_in, T, H, W]; timestep [B] or [B, T]; text (embeds + mask) or a prepared
+        ``text_context``. ``num_cond_latents``: the first nc latent frames are conditioning (their queries
+        see only themselves; their cross-attention output is zero). ``kv_cache``: the latents are noise
+        frames that follow the cached conditioning frames (from :meth:`prefill`).
+        """
+        B = latents.shape[0]
+        grid = self.grid(latents)
+        T, H, W = grid
+        if text_context is None:
+            if text_embeds is None:
+                raise ValueError("forward needs text_embeds (+ text_mask) or a prepared text_context")
+            text_context = self.prepare_text(text_embeds, text_mask)
+        t = self.embed_timestep(timestep, B, T)
+        x = self.x_embedder(latents.to(self.dtype))
+        if kv_cache is not None:
+            nc = kv_cache.k.shape[3] // (H * W)
+            rope = rope_cos_sin(grid, self.config.head_dim, t_offset=nc, device=x.device)
+        else:
+            rope = rope_cos_sin(grid, self.config.head_dim, device=x.device)
+        cond_tokens = 0 if kv_cache is not None else num_cond_latents * H * W
+        for i, blk in enumerate(self.blocks):
+            cache_i = None if kv_cache is None else (kv_cache.k[i], kv_cache.v[i])
+            text_i = (text_context.k[i], text_context.v[i], text_context.mask)
+            x, _, _ = blk(x, t, rope, text_i, T, cond_tokens, cache_i)
+        return self.unpatchify(self.final_layer(x, t, T), grid).float()
+
+    def prefill(self, cond_latents: torch.Tensor, *, return_output: bool = False):
+        """KV cache of the conditioning latents [1, C, nc, H, W]: one pass at timestep 0, no text (SPEC §2.7).
+
+        Returns a :class:`KVCache` (k roped at t = 0..nc-1), or ``(KVCache, output)`` when ``return_output``.
+        """
+        if cond_latents.shape[0] != 1:
+            raise ValueError(f"prefill takes the conditioning latents at batch 1, got {list(cond_latents.shape)}")
+        grid = self.grid(cond_latents)
+        T = grid[0]
+        t = self.embed_timestep(torch.zeros(1, T, device=cond_latents.device), 1, T)
+        x = self.x_embedder(cond_latents.to(self.dtype))
+        rope = rope_cos_sin(grid, self.config.head_dim, device=x.device)
+        ks, vs = [], []
+        for blk in self.blocks:
+            x, k, v = blk(x, t, rope, None, T)
+            ks.append(k)
+            vs.append(v)
+        cache = KVCache(torch.stack(ks), torch.stack(vs))
+        if return_output:
+            return cache, self.unpatchify(self.final_layer(x, t, T), grid).float()
+        return cache
+
+    # ------------------------------------------------------------------------------------------- LoRA
+    def load_lora(self, path: str | Path, name: str) -> None:
+        """Read an original-format LoRA file (SPEC §7) and keep it under ``name`` (not yet applied)."""
+        from ..lora import LoRAState
+
+        if self.lora is None:
+            self.lora = LoRAState(self)
+        self.lora.load(path, name)
+
+    def set_loras(self, loras: dict[str, float], *, merged: bool = True) -> None:
+        """Apply ``{name: multiplier}`` (summed); ``{}`` restores the base model. ``merged`` folds them into
+        the weights (fast; base weights restored exactly on change), else they run beside them (original)."""
+        from ..lora import LoRAState
+
+        if self.lora is None:
+            if not loras:
+                return
+            self.lora = LoRAState(self)
+        self.lora.apply(loras, merged=merged)
+
+    @property
+    def active_loras(self) -> dict[str, float]:
+        return {} if self.lora is None else dict(self.lora.active)
+
+
+def init_random_(model: LongCatDiT, *, seed: int = 0, device="cpu", dtype=torch.float32) -> LongCatDiT:
+    """Materialise a meta-built model with deterministic random weights (for the tiny debug model and
+    full-size speed work: timing does not depend on the values). Scales keep activations O(1)."""
+    g = torch.Generator("cpu").manual_seed(seed)
+    for name, p in list(model.named_parameters()):
+        shape = p.shape
+        if name.endswith("norm.weight") or name.endswith("pre_crs_attn_norm.weight"):
+            t = 1 + 0.1 * torch.randn(shape, generator=g)
+        elif name.endswith("bias"):
+            t = 0.05 * torch.randn(shape, generator=g)
+        else:
+            fan_in = math.prod(shape[1:]) if len(shape) > 1 else shape[0]
+            t = torch.randn(shape, generator=g) / math.sqrt(fan_in)
+        *path, leaf = name.split(".")
+        owner = model.get_submodule(".".join(path))
+        owner._parameters[leaf] = nn.Parameter(t.to(device=device, dtype=dtype), requires_grad=False)
+    return model
+
+
+def load_dit(path: str | Path, device="cpu", dtype: torch.dtype = torch.bfloat16) -> LongCatDiT:
+    """Load the DiT from a checkpoint's ``dit/`` folder (config.json + sharded safetensors), strictly,
+    each tensor read straight onto ``device`` in ``dtype``."""
+    from ..weights import load_into, shard_files
+
+    folder = Path(path)
+    cfg = DiTConfig.from_json(folder / "config.json")
+    model = LongCatDiT(cfg)
+    load_into(model, shard_files(folder), device=device, dtype=dtype)
+    return model.eval()
