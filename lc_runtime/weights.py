@@ -12,6 +12,7 @@ whose names differ passes a ``key_map`` ``{checkpoint_key: module_key}`` (``{}``
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -205,6 +206,27 @@ def load_into(
     if missing:
         names = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
         raise CheckpointError(f"missing keys in checkpoint {', '.join(str(f) for f in files)}: {names}")
+
+
+def init_random_(module: nn.Module, *, seed: int = 0, device="cpu", dtype=torch.float32) -> nn.Module:
+    """Materialise a (meta-built) module with deterministic random weights: the tiny debug model, and
+    full-size speed work (timing does not depend on the values). Norm gains ~1, small biases, weights
+    N(0, 1/fan_in), so activations stay O(1)."""
+    g = torch.Generator("cpu").manual_seed(seed)
+    for name, p in list(module.named_parameters()):
+        shape = p.shape
+        leaf = name.rsplit(".", 1)[-1]
+        if p.dim() <= 1 and ("norm" in name or leaf in ("gamma", "weight")):
+            t = 1 + 0.1 * torch.randn(shape, generator=g)
+        elif leaf == "bias" or p.dim() <= 1:
+            t = 0.05 * torch.randn(shape, generator=g)
+        else:
+            t = torch.randn(shape, generator=g) / math.sqrt(math.prod(shape[1:]))
+        _set_tensor(module, name, t.to(device=device, dtype=dtype))
+    for name, b in list(module.named_buffers()):
+        if b.device.type == "meta":
+            _set_tensor(module, name, torch.zeros(b.shape, device=device, dtype=dtype))
+    return module
 
 
 # ---------------------------------------------------------------------------------------------- LoRA

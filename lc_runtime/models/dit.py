@@ -28,6 +28,7 @@ from torch import nn
 from ..config import DiTConfig
 from ..ops.attention import attention, prefix_attention
 from ..ops.rope import apply_rope, rope_cos_sin
+from ..weights import init_random_  # noqa: F401  (re-exported: random weights of any flavour)
 
 EPS = 1e-6
 
@@ -424,25 +425,6 @@ class LongCatDiT(nn.Module):
     @property
     def active_loras(self) -> dict[str, float]:
         return {} if self.lora is None else dict(self.lora.active)
-
-
-def init_random_(model: LongCatDiT, *, seed: int = 0, device="cpu", dtype=torch.float32) -> LongCatDiT:
-    """Materialise a meta-built model with deterministic random weights (for the tiny debug model and
-    full-size speed work: timing does not depend on the values). Scales keep activations O(1)."""
-    g = torch.Generator("cpu").manual_seed(seed)
-    for name, p in list(model.named_parameters()):
-        shape = p.shape
-        if name.endswith("norm.weight") or name.endswith("pre_crs_attn_norm.weight"):
-            t = 1 + 0.1 * torch.randn(shape, generator=g)
-        elif name.endswith("bias"):
-            t = 0.05 * torch.randn(shape, generator=g)
-        else:
-            fan_in = math.prod(shape[1:]) if len(shape) > 1 else shape[0]
-            t = torch.randn(shape, generator=g) / math.sqrt(fan_in)
-        *path, leaf = name.split(".")
-        owner = model.get_submodule(".".join(path))
-        owner._parameters[leaf] = nn.Parameter(t.to(device=device, dtype=dtype), requires_grad=False)
-    return model
 
 
 def load_dit(path: str | Path, device="cpu", dtype: torch.dtype = torch.bfloat16) -> LongCatDiT:

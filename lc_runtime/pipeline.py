@@ -1,0 +1,257 @@
+"""The public ``Pipeline``: loads the components once and runs any LongCat task (DESIGN.md, SPEC §2).
+
+pipe = Pipeline.from_pretrained("path/to/LongCat-Video" | "tiny", device="cuda", dtype=torch.bfloat16)
+out = pipe.generate(task="t2v", prompt="...")
+out.latents, out.frames, out.fps
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import tasks
+from .config import SchedulerConfig
+from .models.dit import LongCatDiT, load_dit
+from .weights import CheckpointError, CheckpointLayout
+
+
+@dataclass(frozen=True)
+class Request:
+    """One generation request, every default resolved (built by :meth:`Pipeline.request`)."""
+
+    task: str
+    prompt: str
+    negative_prompt: str | None = None
+    height: int | None = None
+    width: int | None = None
+    num_frames: int = 93
+    num_inference_steps: int = 50
+    guidance_scale: float = 4.0
+    use_distill: bool = False
+    seed: int | None = 0
+    image: Any = None
+    video: Any = None
+    resolution: str = "480p"
+    num_cond_frames: int = 13
+    use_kv_cache: bool = True
+    enhance_hf: bool = True
+    stage1_video: Any = None
+    t_thresh: float = 0.5
+    spatial_refine_only: bool = False
+    use_bsa: bool | None = None
+    latents: torch.Tensor | None = None
+    output_type: str = "np"
+
+    @property
+    def do_cfg(self) -> bool:
+        return self.guidance_scale > 1.0
+
+
+@dataclass
+class Output:
+    latents: torch.Tensor  # final latents before decoding, fp32 [1, 16, T, h, w]
+    frames: np.ndarray | None  # uint8 [F, H, W, 3]; None for output_type="latent"
+    fps: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class Pipeline:
+    """All LongCat components on one device, plus the LoRA files of the checkpoint."""
+
+    def __init__(self, *, dit: LongCatDiT, vae, text_encoder, scheduler: SchedulerConfig, loras: dict[str, Any]):
+        self.dit, self.vae, self.text_encoder, self.scheduler = dit, vae, text_encoder, scheduler
+        self.lora_sources = loras  # name -> path (or in-memory modules for the tiny model), loaded lazily
+        self.device = dit.device
+        self.dtype = dit.dtype
+
+    # ------------------------------------------------------------------------------------------- loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+        *,
+        keep_text_encoder_resident: bool = False,
+    ) -> Pipeline:
+        """Load a Hugging Face LongCat-Video folder (SPEC §10), or ``"tiny"``: a small random model built
+        in-process. ``dtype`` defaults to bf16 on CUDA (as the original) and fp32 on CPU."""
+        device = torch.device(device)
+        if dtype is None:
+            dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        if str(path) == "tiny":
+            from .tiny import build_tiny_components
+
+            return cls(**build_tiny_components(device, dtype))
+        from .models.text_encoder import TextEncoder
+        from .models.vae import load_vae
+
+        layout = CheckpointLayout(Path(path))
+        layout.check()
+        loras = {n: p for n, p in (("cfg_step", layout.cfg_step_lora), ("refinement", layout.refinement_lora))}
+        return cls(
+            dit=load_dit(layout.dit, device=device, dtype=dtype),
+            vae=load_vae(layout.vae, device=device, dtype=dtype),
+            text_encoder=TextEncoder.from_pretrained(
+                layout.root, device=device, dtype=dtype, keep_resident=keep_text_encoder_resident
+            ),
+            scheduler=SchedulerConfig.from_json(layout.scheduler_config),
+            loras=loras,
+        )
+
+    # ------------------------------------------------------------------------------------------- LoRA
+    def _ensure_lora(self, name: str) -> None:
+        if self.dit.lora is not None and name in self.dit.lora.files:
+            return
+        src = self.lora_sources.get(name)
+        if src is None:
+            raise CheckpointError(f"this model has no {name} LoRA")
+        if isinstance(src, dict):  # in-memory modules (tiny model)
+            from .lora import LoRAState
+
+            if self.dit.lora is None:
+                self.dit.lora = LoRAState(self.dit)
+            self.dit.lora.files[name] = src
+            return
+        if not Path(src).is_file():
+            raise CheckpointError(f"LoRA file not found: {src} (needed for {name})")
+        self.dit.load_lora(src, name)
+
+    @contextlib.contextmanager
+    def loras_for(self, names: list[str]) -> Iterator[None]:
+        """Enable ``names`` (multiplier 1) for one request; restore the previous LoRA state after."""
+        previous = self.dit.active_loras
+        wanted = {n: 1.0 for n in names}
+        for n in names:
+            self._ensure_lora(n)
+        if wanted != previous:
+            self.dit.set_loras(wanted)
+        try:
+            yield
+        finally:
+            if self.dit.active_loras != previous:
+                self.dit.set_loras(previous)
+
+    # ------------------------------------------------------------------------------------------- requests
+    def request(self, **kwargs) -> Request:
+        """Validate ``generate`` arguments and resolve the defaults that depend on other arguments."""
+        task = kwargs.get("task")
+        if task not in tasks.TASKS:
+            raise ValueError(f"unknown task {task!r}; choose one of {', '.join(tasks.TASKS)}")
+        distill = bool(kwargs.get("use_distill", False))
+        defaults = {
+            "num_inference_steps": 16 if distill else 50,
+            "guidance_scale": 1.0 if distill else 4.0,
+            "enhance_hf": not distill,
+        }
+        for k, v in defaults.items():
+            if kwargs.get(k) is None:
+                kwargs[k] = v
+        if kwargs.get("prompt") is None:
+            if task not in ("refine",):
+                raise ValueError(f"task {task} needs a prompt")
+            kwargs["prompt"] = ""
+        for name, users in (("image", ("i2v", "refine")), ("video", ("vc", "refine", "long"))):
+            if kwargs.get(name) is not None and task not in users:
+                raise ValueError(f"{name}= is not used by task {task} (only by {', '.join(users)})")
+        if kwargs.get("stage1_video") is not None and task != "refine":
+            raise ValueError(f"stage1_video= is only used by task refine, not {task}")
+        if kwargs.get("output_type", "np") not in ("np", "latent"):
+            raise ValueError(f"output_type must be 'np' or 'latent', got {kwargs['output_type']!r}")
+        if kwargs.get("resolution", "480p") not in ("480p", "720p"):
+            raise ValueError(f"resolution must be '480p' or '720p', got {kwargs['resolution']!r}")
+        if distill and kwargs["enhance_hf"] and task == "vc":
+            raise ValueError(
+                "enhance_hf cannot be combined with use_distill (as in the original); pass enhance_hf=False"
+            )
+        steps = kwargs["num_inference_steps"]
+        if not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"num_inference_steps must be a positive integer, got {steps!r}")
+        return Request(**{k: v for k, v in kwargs.items() if v is not None or k in ("seed", "use_bsa")})
+
+    def generator(self, seed: int | None) -> torch.Generator:
+        g = torch.Generator(self.device)
+        if seed is None:
+            g.seed()
+        else:
+            g.manual_seed(int(seed))
+        return g
+
+    @torch.no_grad()
+    def generate(self, task: str = "t2v", prompt: str | None = None, **kwargs) -> Output:
+        """Run one task; see DESIGN.md for the arguments (names follow the original pipeline's)."""
+        req = self.request(task=task, prompt=prompt, **kwargs)
+        if req.task == "long":
+            raise ValueError("task 'long' runs through lc_runtime.long_video.generate_long (several segments)")
+        return self.run(req)
+
+    def run(self, req: Request, progress: bool = True) -> Output:
+        timings: dict[str, float] = {}
+        gen = self.generator(req.seed)
+        loras = (["cfg_step"] if req.use_distill else []) + (["refinement"] if req.task == "refine" else [])
+        with self.loras_for(loras):
+            t0 = time.perf_counter()
+            prepare = {"t2v": tasks.prepare_t2v, "i2v": tasks.prepare_i2v, "vc": tasks.prepare_vc}[req.task]
+            cond = prepare(self, req, gen)
+            timings["prepare_s"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            latents = self.denoise(cond, progress=progress)
+            timings["denoise_s"] = time.perf_counter() - t0
+            timings["steps"] = cond.schedule.num_steps
+        latents = latents.float()
+        frames = None
+        if req.output_type == "np":
+            t0 = time.perf_counter()
+            frames = self.decode(latents, progress=progress)
+            timings["decode_s"] = time.perf_counter() - t0
+        return Output(latents=latents, frames=frames, fps=15, timings=timings)
+
+    def denoise(self, cond: tasks.Conditioning, progress: bool = True) -> torch.Tensor:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cond.schedule.num_steps, desc="denoise", unit="step", disable=not progress, leave=False)
+        try:
+            return tasks.denoise(tasks.dit_denoiser(self.dit), cond, self.dtype, progress=lambda i: bar.update(1))
+        finally:
+            bar.close()
+
+    # ------------------------------------------------------------------------------------------- VAE
+    def decode_stream(self, latents: torch.Tensor) -> Iterator[np.ndarray]:
+        """Decode latents [1, 16, T, h, w] latent frame by latent frame, yielding uint8 frames [f, H, W, 3]."""
+        from .media import to_uint8_frames
+
+        z = self.vae.denormalize_latents(latents.to(self.vae.dtype))
+        for chunk in self.vae.decode_stream(z):
+            yield to_uint8_frames(chunk)
+
+    def decode(self, latents: torch.Tensor, progress: bool = True) -> np.ndarray:
+        from tqdm.auto import tqdm
+
+        chunks = list(
+            tqdm(self.decode_stream(latents), total=latents.shape[2], desc="decode", disable=not progress, leave=False)
+        )
+        return np.concatenate(chunks, axis=0)
+
+    def encode_frames(self, pixels: torch.Tensor, generator: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
+        """VAE-encode pixels [1, 3, F, H, W] in [-1, 1]: posterior sample (from ``generator``), cast to
+        ``dtype``, normalized (SPEC §2.2)."""
+        from .models.vae import sample_posterior
+
+        mean, logvar = self.vae.encode(pixels.to(self.device, self.vae.dtype))
+        z = sample_posterior(mean, logvar, generator).to(dtype)
+        return self.vae.normalize_latents(z)
+
+    def encode_text(self, req: Request) -> Any:
+        embeds, mask = self.text_encoder.encode_for_cfg(req.prompt, req.negative_prompt, req.do_cfg)
+        return self.dit.prepare_text(embeds.to(self.device), mask.to(self.device))
+
+    def with_overrides(self, req: Request, **changes) -> Request:
+        return replace(req, **changes)
