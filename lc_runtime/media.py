@@ -82,8 +82,8 @@ def load_video(
         return _decode_video(Path(source), target_fps)
     frames = _frames_in_memory(source)
     fps = source_fps if source_fps is not None else target_fps
-    if fps is None:
-        raise ValueError("load_video: in-memory frames need source_fps or target_fps")
+    if fps is None:  # no resampling asked for and no rate known: keep every frame
+        return frames, 0.0
     stride = frame_stride(fps, target_fps) if target_fps else 1
     return frames[::stride], float(fps)
 

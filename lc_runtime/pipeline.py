@@ -152,6 +152,12 @@ class Pipeline:
             "guidance_scale": 1.0 if distill else 4.0,
             "enhance_hf": not distill,
         }
+        if kwargs.get("num_cond_frames") is None:  # the demos' choices (SPEC §4)
+            if task == "refine":
+                video_cond = 13 if kwargs.get("spatial_refine_only") else 26
+                kwargs["num_cond_frames"] = 1 if kwargs.get("image") is not None else video_cond
+            else:
+                kwargs["num_cond_frames"] = 13
         for k, v in defaults.items():
             if kwargs.get(k) is None:
                 kwargs[k] = v
@@ -199,7 +205,12 @@ class Pipeline:
         loras = (["cfg_step"] if req.use_distill else []) + (["refinement"] if req.task == "refine" else [])
         with self.loras_for(loras):
             t0 = time.perf_counter()
-            prepare = {"t2v": tasks.prepare_t2v, "i2v": tasks.prepare_i2v, "vc": tasks.prepare_vc}[req.task]
+            prepare = {
+                "t2v": tasks.prepare_t2v,
+                "i2v": tasks.prepare_i2v,
+                "vc": tasks.prepare_vc,
+                "refine": tasks.prepare_refine,
+            }[req.task]
             cond = prepare(self, req, gen)
             timings["prepare_s"] = time.perf_counter() - t0
             t0 = time.perf_counter()
@@ -211,8 +222,10 @@ class Pipeline:
         if req.output_type == "np":
             t0 = time.perf_counter()
             frames = self.decode(latents, progress=progress)
+            if cond.frames is not None:
+                frames = frames[cond.frames]
             timings["decode_s"] = time.perf_counter() - t0
-        return Output(latents=latents, frames=frames, fps=15, timings=timings)
+        return Output(latents=latents, frames=frames, fps=cond.fps, timings=timings)
 
     def denoise(self, cond: tasks.Conditioning, progress: bool = True) -> torch.Tensor:
         from tqdm.auto import tqdm
@@ -250,7 +263,8 @@ class Pipeline:
         return self.vae.normalize_latents(z)
 
     def encode_text(self, req: Request) -> Any:
-        embeds, mask = self.text_encoder.encode_for_cfg(req.prompt, req.negative_prompt, req.do_cfg)
+        do_cfg = req.do_cfg and req.task != "refine"  # refinement runs without CFG (SPEC §2.8)
+        embeds, mask = self.text_encoder.encode_for_cfg(req.prompt, req.negative_prompt, do_cfg)
         return self.dit.prepare_text(embeds.to(self.device), mask.to(self.device))
 
     def with_overrides(self, req: Request, **changes) -> Request:

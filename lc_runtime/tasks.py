@@ -46,6 +46,8 @@ class Conditioning:
     kv_cache: KVCache | None = None
     cond_latents: torch.Tensor | None = None  # cached mode: prepended to the result before decoding
     per_frame_timestep: bool = False  # cond mode: timestep [B, T] with zeros on the conditioning frames
+    frames: slice | None = None  # which decoded frames are the output (refine drops its padding frames)
+    fps: int = 15
 
 
 Denoiser = Callable[..., torch.Tensor]  # (latents, timestep, text_context, num_cond_latents, kv_cache) -> v
@@ -237,4 +239,102 @@ def prepare_vc(pipe, req, gen: torch.Generator) -> Conditioning:
         guidance=guidance,
         num_cond_latents=nc,
         per_frame_timestep=True,
+    )
+
+
+# ------------------------------------------------------------------------------------------------ refine
+REFINE_SCALE_FACTOR = 64  # 8 (VAE) x 2 (patch) x 4 (BSA block): the 720p buckets refine picks from (SPEC §2.8)
+
+
+def stage1_tensor(video) -> torch.Tensor:
+    """Stage-1 frames (list of PIL, uint8 [F, H, W, 3] array or a video path, kept at its own frame rate) as
+    uint8 [F, 3, h, w]."""
+    import numpy as np
+
+    from .media import load_video
+
+    frames, _ = load_video(video, target_fps=None)
+    return torch.from_numpy(np.stack([np.asarray(f.convert("RGB")) for f in frames])).permute(0, 3, 1, 2)
+
+
+def upsample_stage1(u8: torch.Tensor, height: int, width: int, num_frames: int, dtype) -> torch.Tensor:
+    """uint8 [F, 3, h, w] -> [1, 3, F', H, W] in [-1, 1]: bilinear to (H, W) on 0..255, /255, trilinear to F'
+    frames (both align_corners=True), *2-1, all in ``dtype`` as the original (SPEC §2.8 step 3)."""
+    import torch.nn.functional as F
+
+    x = F.interpolate(u8.to(dtype), size=(height, width), mode="bilinear", align_corners=True)
+    x = x.permute(1, 0, 2, 3)[None] / 255
+    x = F.interpolate(x, size=(num_frames, height, width), mode="trilinear", align_corners=True)
+    return x * 2 - 1
+
+
+def refine_padding(num_frames: int, num_cond_frames: int) -> tuple[int, int, int]:
+    """(nc, added_cond, added_noise) frames so that conditioning and noise are whole 4-latent BSA blocks."""
+    if num_cond_frames > 0:
+        nc = ceil_to(1 + math.ceil((num_cond_frames - 1) / 4), 4)
+        added_c = 1 + 4 * (nc - 1) - num_cond_frames
+    else:
+        nc = added_c = 0
+    noise_frames = num_frames - num_cond_frames
+    if noise_frames < 1:
+        raise ValueError(f"refine: {num_cond_frames} conditioning frames leave no frame of the {num_frames} to refine")
+    added_n = 4 * ceil_to(math.ceil(noise_frames / 4), 4) - noise_frames
+    return nc, added_c, added_n
+
+
+def _refine_cond_pixels(pipe, req, h: int, w: int, ncf: int, added_c: int) -> torch.Tensor | None:
+    """Conditioning pixels [1, 3, ncf + added_c, H, W]: the image repeated, or the video's last ncf frames,
+    front-padded with copies of their first frame."""
+    from .media import load_image, load_video, preprocess_frames
+
+    if req.image is not None:
+        px = preprocess_frames([load_image(req.image)], h, w)
+        return px.repeat(1, 1, 1 + added_c, 1, 1)
+    if req.video is not None:
+        video, _ = load_video(req.video, target_fps=None)
+        if len(video) < ncf:
+            raise ValueError(
+                f"refine needs at least num_cond_frames={ncf} conditioning frames, the video has {len(video)}"
+            )
+        px = preprocess_frames(video[-ncf:], h, w)
+        return torch.cat([px[:, :, :1].expand(-1, -1, added_c, -1, -1), px], dim=2)
+    return None
+
+
+def prepare_refine(pipe, req, gen: torch.Generator) -> Conditioning:
+    """720p refinement of a stage-1 video (SPEC §2.8): upsample (x2 in time unless spatial only), pad to whole
+    BSA blocks, encode, noise to sigma = t_thresh, condition the leading frames on the image/video, no CFG."""
+    from .buckets import get_condition_shape
+    from .sampling import refine_schedule
+
+    if req.stage1_video is None:
+        raise ValueError("task refine needs stage1_video (the stage-1 frames to refine)")
+    if req.image is not None and req.video is not None:
+        raise ValueError("refine takes an image or a video to condition on, not both")
+    u8 = stage1_tensor(req.stage1_video)
+    if req.height is not None and req.width is not None:
+        h, w = req.height, req.width
+    else:
+        h, w = get_condition_shape(u8.shape[2], u8.shape[3], "720p", REFINE_SCALE_FACTOR)
+    check_size(h, w, pipe.vae.config.scale_factor_spatial * pipe.dit.config.patch_size[1])
+    f_out = u8.shape[0] if req.spatial_refine_only else 2 * u8.shape[0]
+    ncf = req.num_cond_frames if (req.image is not None or req.video is not None) else 0
+    nc, added_c, added_n = refine_padding(f_out, ncf)
+    x = upsample_stage1(u8.to(pipe.device), h, w, f_out, pipe.dtype)
+    x = torch.cat([x[:, :, :1].expand(-1, -1, added_c, -1, -1), x, x[:, :, -1:].expand(-1, -1, added_n, -1, -1)], 2)
+    z = pipe.encode_frames(x, gen, pipe.vae.dtype)
+    noise = _noise(pipe, req, tuple(z.shape), z.dtype, gen)
+    latents = ((1 - req.t_thresh) * z + req.t_thresh * noise).to(torch.float32)
+    cond_px = _refine_cond_pixels(pipe, req, h, w, ncf, added_c)
+    if cond_px is not None:
+        latents[:, :, :nc] = pipe.encode_frames(cond_px, gen, torch.float32)
+    return Conditioning(
+        latents=latents,
+        schedule=refine_schedule(req.num_inference_steps, pipe.scheduler.shift, req.t_thresh),
+        text=pipe.encode_text(req),
+        guidance=None,
+        num_cond_latents=nc,
+        per_frame_timestep=True,
+        frames=slice(added_c, added_c + f_out),
+        fps=15 if req.spatial_refine_only else 30,
     )

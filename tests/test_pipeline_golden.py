@@ -51,7 +51,7 @@ def case_kwargs(g) -> dict:
     if "image" in kw:
         kw["image"] = Image.fromarray(g["input_image_uint8"].numpy())
     if "video" in kw:
-        kw["video"] = pil_frames(g["input_video_uint8"])
+        kw["video"] = pil_frames(g["input_video_uint8" if "input_video_uint8" in g else "cond_video_uint8"])
     return kw
 
 
@@ -88,3 +88,19 @@ def test_latent_output(pipe, golden):
     g = golden("pipe_t2v")
     out = pipe.generate(seed=42, output_type="latent", **case_kwargs(g))
     assert out.frames is None and out.latents.dtype == torch.float32
+
+
+REFINE_CASES = ["pipe_refine_t2v", "pipe_refine_t2v_spatial", "pipe_refine_i2v", "pipe_refine_vc"]
+
+
+@pytest.mark.parametrize("case", REFINE_CASES)
+def test_refine_golden(pipe, golden, case):
+    """Refinement replays with seed = the golden's global torch seed: our generator draws the upsampled
+    video's posterior sample and the t_thresh noise in the original's global-RNG order (DESIGN.md)."""
+    g = golden(case)
+    kw = case_kwargs(g)
+    kw["stage1_video"] = pil_frames(g["stage1_video_uint8"])
+    out = pipe.generate(seed=g.meta["global_torch_seed"], use_bsa=False, **kw)
+    assert out.fps == (15 if kw.get("spatial_refine_only") else 30)
+    check_latents(out, g, case)
+    assert pipe.dit.active_loras == {}, "the refinement LoRA must be disabled after the request"
