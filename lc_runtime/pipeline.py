@@ -199,9 +199,11 @@ class Pipeline:
             raise ValueError("task 'long' runs through lc_runtime.long_video.generate_long (several segments)")
         return self.run(req)
 
-    def run(self, req: Request, progress: bool = True) -> Output:
+    def run(self, req: Request, progress: bool = True, generator: torch.Generator | None = None) -> Output:
+        """Run a validated request; ``generator`` (default: seeded from ``req.seed``) can be shared by several
+        requests, as the long-video demo does."""
         timings: dict[str, float] = {}
-        gen = self.generator(req.seed)
+        gen = self.generator(req.seed) if generator is None else generator
         loras = (["cfg_step"] if req.use_distill else []) + (["refinement"] if req.task == "refine" else [])
         with self.loras_for(loras):
             t0 = time.perf_counter()
