@@ -66,11 +66,26 @@ class Output:
 class Pipeline:
     """All LongCat components on one device, plus the LoRA files of the checkpoint."""
 
-    def __init__(self, *, dit: LongCatDiT, vae, text_encoder, scheduler: SchedulerConfig, loras: dict[str, Any]):
+    def __init__(
+        self,
+        *,
+        dit: LongCatDiT,
+        vae,
+        text_encoder,
+        scheduler: SchedulerConfig,
+        loras: dict[str, Any],
+        compile: str = "none",
+        kernels: str = "torch",
+        attention: str | None = None,
+    ):
+        """``compile``: "none" (eager DiT step) or "graph" (the step as a CUDA graph); ``kernels``: "torch" or
+        "triton" (fused DiT kernels); ``attention``: a backend of ``lc_runtime.ops.attention`` (None: the best
+        the device offers). All three are chosen once, here (see :meth:`_select_denoiser`)."""
         self.dit, self.vae, self.text_encoder, self.scheduler = dit, vae, text_encoder, scheduler
         self.lora_sources = loras  # name -> path (or in-memory modules for the tiny model), loaded lazily
         self.device = dit.device
         self.dtype = dit.dtype
+        self.denoiser = self._select_denoiser(compile, kernels, attention)
 
     # ------------------------------------------------------------------------------------------- loading
     @classmethod
@@ -81,16 +96,22 @@ class Pipeline:
         dtype: torch.dtype | None = None,
         *,
         keep_text_encoder_resident: bool = False,
+        compile: str = "none",
+        kernels: str = "torch",
+        attention: str | None = None,
     ) -> Pipeline:
         """Load a Hugging Face LongCat-Video folder (SPEC §10), or ``"tiny"``: a small random model built
-        in-process. ``dtype`` defaults to bf16 on CUDA (as the original) and fp32 on CPU."""
+        in-process. ``dtype`` defaults to bf16 on CUDA (as the original) and fp32 on CPU. ``compile``,
+        ``kernels``, ``attention``: the speed options of :class:`Pipeline` (fastest on a GPU: "graph", "triton",
+        None)."""
+        speed = {"compile": compile, "kernels": kernels, "attention": attention}
         device = torch.device(device)
         if dtype is None:
             dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         if str(path) == "tiny":
             from .tiny import build_tiny_components
 
-            return cls(**build_tiny_components(device, dtype))
+            return cls(**build_tiny_components(device, dtype), **speed)
         from .models.text_encoder import TextEncoder
         from .models.vae import load_vae
 
@@ -105,6 +126,7 @@ class Pipeline:
             ),
             scheduler=SchedulerConfig.from_json(layout.scheduler_config),
             loras=loras,
+            **speed,
         )
 
     # ------------------------------------------------------------------------------------------- LoRA
@@ -194,10 +216,35 @@ class Pipeline:
     @torch.no_grad()
     def generate(self, task: str = "t2v", prompt: str | None = None, **kwargs) -> Output:
         """Run one task; see DESIGN.md for the arguments (names follow the original pipeline's)."""
-        req = self.request(task=task, prompt=prompt, **kwargs)
-        if req.task == "long":
-            raise ValueError("task 'long' runs through lc_runtime.long_video.generate_long (several segments)")
-        return self.run(req)
+        if task == "long":
+            return self._generate_long(prompt, **kwargs)
+        return self.run(self.request(task=task, prompt=prompt, **kwargs))
+
+    def _generate_long(self, prompt, *, num_segments: int = 11, refine: bool = False, **kwargs) -> Output:
+        """task="long": t2v + ``num_segments`` continuations (+ refinement windows), frames in memory; for
+        long runs use :func:`lc_runtime.long_video.generate_long`, which streams to an mp4 and resumes."""
+        import tempfile
+
+        from .long_video import LongVideoOptions, Parts, refine_windows, stage1_segments
+
+        prompts = (prompt,) if isinstance(prompt, str) else tuple(prompt or ())
+        allowed = {f for f in LongVideoOptions.__dataclass_fields__} - {"prompts", "num_segments", "refine"}
+        unknown = sorted(k for k, v in kwargs.items() if k not in allowed and v is not None)
+        if unknown:
+            raise ValueError(f"task long does not take {', '.join(unknown)}")
+        opts = LongVideoOptions(
+            prompts=prompts,
+            num_segments=num_segments,
+            refine=refine,
+            **{k: v for k, v in kwargs.items() if v is not None},
+        )
+        gen = self.generator(opts.seed)
+        with tempfile.TemporaryDirectory() as tmp:
+            parts = Parts(Path(tmp) / "long.mp4", opts)
+            frames = np.concatenate(list(stage1_segments(self, opts, parts, gen)))
+            if refine:
+                frames = np.concatenate(list(refine_windows(self, opts, parts, gen)))
+        return Output(latents=torch.empty(0), frames=frames, fps=30 if refine else 15)
 
     def run(self, req: Request, progress: bool = True, generator: torch.Generator | None = None) -> Output:
         """Run a validated request; ``generator`` (default: seeded from ``req.seed``) can be shared by several
@@ -229,12 +276,34 @@ class Pipeline:
             timings["decode_s"] = time.perf_counter() - t0
         return Output(latents=latents, frames=frames, fps=cond.fps, timings=timings)
 
+    def _select_denoiser(self, compile: str, kernels: str, attention: str | None) -> tasks.Denoiser:
+        """The attention backend, the DiT's kernel table and the step's runner, chosen once (DESIGN: a Denoiser
+        chosen at construction; the loop never asks which one it has)."""
+        from .ops.attention import select_attention_backend
+
+        if compile not in ("none", "graph"):
+            raise ValueError(f"compile must be 'none' or 'graph', got {compile!r}")
+        if attention is not None or self.device.type == "cuda":
+            select_attention_backend(attention, self.device)
+        self.dit.use_kernels(kernels)
+        if compile == "graph":
+            from .graphs import GraphDenoiser
+
+            return GraphDenoiser(self.dit, use_cuda_graph=True)
+        return tasks.dit_denoiser(self.dit)
+
     def denoise(self, cond: tasks.Conditioning, progress: bool = True) -> torch.Tensor:
         from tqdm.auto import tqdm
 
+        from .profiling import nvtx_range
+
+        def step(*args):
+            with nvtx_range("denoise step"):
+                return self.denoiser(*args)
+
         bar = tqdm(total=cond.schedule.num_steps, desc="denoise", unit="step", disable=not progress, leave=False)
         try:
-            return tasks.denoise(tasks.dit_denoiser(self.dit), cond, self.dtype, progress=lambda i: bar.update(1))
+            return tasks.denoise(step, cond, self.dtype, progress=lambda i: bar.update(1))
         finally:
             bar.close()
 

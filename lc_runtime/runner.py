@@ -5,12 +5,13 @@ from __future__ import annotations
 import importlib.util
 import platform
 import resource
+import time
 from collections.abc import Iterator
 
 import numpy as np
 import torch
 
-from .pipeline import Output, Pipeline
+from .pipeline import Pipeline
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -44,44 +45,44 @@ def _resized(frames: Iterator[np.ndarray], size: tuple[int, int] | None) -> Iter
             yield np.asarray(Image.fromarray(f).resize(size, Image.BICUBIC))
 
 
-def output_frames(opts, out: Output) -> Iterator[np.ndarray]:
-    """What the demos save: i2v resized to the input image's size; vc = the input video (at 15 fps) followed
-    by the new frames resized to the source size; t2v as generated."""
+def assemble(task: str, frames: np.ndarray, *, image=None, video=None, num_cond_frames: int = 0, fps: int = 15):
+    """What the demos save: i2v resized to the input image's size; vc = the input video (resampled to ``fps``)
+    followed by the new frames resized to the source size; t2v / refine as generated."""
     from .media import load_image, load_video
 
-    frames = iter(out.frames)
-    if opts.task == "i2v":
-        img = load_image(opts.image)
-        yield from _resized(frames, (img.width, img.height))
-    elif opts.task == "vc":
-        source, _ = load_video(opts.video)
+    if task == "i2v":
+        img = load_image(image)
+        yield from _resized(iter(frames), (img.width, img.height))
+    elif task == "vc":
+        source, _ = load_video(video, target_fps=fps)
         size = (source[0].width, source[0].height)
         for f in source:
             yield np.asarray(f.convert("RGB"))
-        yield from _resized(iter(out.frames[opts.num_cond_frames :]), size)
+        yield from _resized(iter(frames[num_cond_frames:]), size)
     else:
         yield from frames
 
 
-def run_generate(opts) -> dict:
-    """Load the model, generate, write ``opts.out`` atomically; returns a summary dict."""
+def write_frames(path, frames, fps: int, crf: int) -> tuple[int, tuple[int, int]]:
     from .media import VideoWriter
 
-    device = resolve_device(opts.device)
-    if opts.out.suffix.lower() != ".mp4":
-        raise ValueError(f"--out must be an .mp4 path, got {opts.out}")
-    if not opts.out.parent.exists():
-        raise ValueError(f"output folder does not exist: {opts.out.parent}")
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    pipe = Pipeline.from_pretrained(opts.model, device=device, dtype=resolve_dtype(opts.dtype))
-    kwargs = {
+    shape = (0, 0)
+    with VideoWriter(path, fps=fps, crf=crf) as writer:
+        for f in frames:
+            writer.write(f)
+            shape = f.shape[:2]
+        return writer.frames_written, shape
+
+
+def _generate_kwargs(opts) -> dict:
+    stage1_distill = opts.use_distill if opts.use_distill is not None else opts.refine
+    return {
         "task": opts.task,
         "prompt": opts.prompt,
         "negative_prompt": opts.negative_prompt,
         "image": opts.image,
         "video": opts.video,
-        "use_distill": opts.use_distill,
+        "use_distill": stage1_distill,
         "num_inference_steps": opts.num_inference_steps,
         "guidance_scale": opts.guidance_scale,
         "seed": opts.seed,
@@ -92,23 +93,109 @@ def run_generate(opts) -> dict:
         "num_cond_frames": opts.num_cond_frames,
         "use_kv_cache": opts.use_kv_cache,
     }
-    out = pipe.generate(**kwargs)
-    n = 0
-    with VideoWriter(opts.out, fps=out.fps, crf=18) as writer:
-        for frame in output_frames(opts, out):
-            writer.write(frame)
-            n += 1
-    mem, kind = peak_memory(device)
-    return {
-        "steps": out.timings["steps"],
-        "per_step_s": out.timings["denoise_s"] / max(out.timings["steps"], 1),
-        "peak_memory_gb": mem,
-        "memory_kind": kind,
-        "frames": n,
-        "height": frame.shape[0],
-        "width": frame.shape[1],
-        "fps": out.fps,
+
+
+def _refine_kwargs(opts, stage1_frames=None) -> dict:
+    """The refinement request; after stage 1 it conditions as the demos: i2v on the image (1 frame), vc on
+    the source video at 30 fps (26 frames, 13 if spatial only)."""
+    kw = {
+        "task": "refine",
+        "prompt": opts.prompt or "",
+        "seed": opts.seed,
+        "num_inference_steps": opts.refine_steps,
+        "t_thresh": opts.t_thresh,
+        "spatial_refine_only": opts.spatial_refine_only,
     }
+    if opts.task == "refine":
+        return kw | {
+            "stage1_video": opts.video,
+            "image": opts.image,
+            "video": opts.cond_video,
+            "num_cond_frames": opts.num_cond_frames,
+            "height": opts.height,
+            "width": opts.width,
+        }
+    kw["stage1_video"] = stage1_frames
+    if opts.task == "i2v":
+        kw["image"] = opts.image
+    elif opts.task == "vc":
+        from .media import load_video
+
+        kw["video"], _ = load_video(opts.video, target_fps=30)
+    return kw
+
+
+def _run_long(pipe: Pipeline, opts) -> dict:
+    from .long_video import LongVideoOptions, generate_long
+
+    lopts = LongVideoOptions(
+        prompts=opts.prompts,
+        num_segments=opts.num_segments,
+        negative_prompt=opts.negative_prompt,
+        num_frames=opts.num_frames,
+        num_cond_frames=13 if opts.num_cond_frames is None else opts.num_cond_frames,
+        num_inference_steps=opts.num_inference_steps,
+        guidance_scale=opts.guidance_scale,
+        use_distill=bool(opts.use_distill),
+        height=480 if opts.height is None else opts.height,
+        width=832 if opts.width is None else opts.width,
+        seed=opts.seed,
+        refine=opts.refine,
+        refine_steps=opts.refine_steps,
+    )
+    t0 = time.perf_counter()
+    s = generate_long(pipe, lopts, opts.out)
+    from .media import read_video_info
+
+    n, h, w, _ = read_video_info(opts.out)
+    return {"steps": 0, "denoise_s": time.perf_counter() - t0, "frames": n, "height": h, "width": w, "fps": s["fps"]}
+
+
+def _run_single(pipe: Pipeline, opts) -> dict:
+    steps, denoise_s = 0, 0.0
+    if opts.task == "refine":
+        out = pipe.generate(**_refine_kwargs(opts))
+        final_task = "refine"
+    else:
+        out = pipe.generate(**_generate_kwargs(opts))
+        steps, denoise_s = out.timings["steps"], out.timings["denoise_s"]
+        final_task = opts.task
+        if opts.refine:
+            stage1 = opts.out.with_name(opts.out.stem + ".stage1.mp4")
+            write_frames(stage1, assemble(opts.task, out.frames, **_assembly(opts, 15)), 15, 18)
+            out = pipe.generate(**_refine_kwargs(opts, out.frames))
+    steps += out.timings["steps"]
+    denoise_s += out.timings["denoise_s"]
+    crf = 10 if out.fps == 30 or opts.task == "refine" else 18
+    if opts.refine and opts.task == "vc":
+        frames = assemble(final_task, out.frames, **_assembly(opts, out.fps, refined=True))
+    else:
+        frames = assemble(final_task, out.frames, **_assembly(opts, out.fps))
+    n, (h, w) = write_frames(opts.out, frames, out.fps, crf)
+    return {"steps": steps, "denoise_s": denoise_s, "frames": n, "height": h, "width": w, "fps": out.fps}
+
+
+def _assembly(opts, fps: int, refined: bool = False) -> dict:
+    ncf = opts.num_cond_frames
+    if refined:
+        ncf = 13 if opts.spatial_refine_only else 26
+    return {"image": opts.image, "video": opts.video, "num_cond_frames": 13 if ncf is None else ncf, "fps": fps}
+
+
+def run_generate(opts) -> dict:
+    """Load the model, generate, write ``opts.out`` atomically; returns a summary dict."""
+    device = resolve_device(opts.device)
+    if opts.out.suffix.lower() != ".mp4":
+        raise ValueError(f"--out must be an .mp4 path, got {opts.out}")
+    if not opts.out.parent.exists():
+        raise ValueError(f"output folder does not exist: {opts.out.parent}")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    pipe = Pipeline.from_pretrained(opts.model, device=device, dtype=resolve_dtype(opts.dtype))
+    summary = _run_long(pipe, opts) if opts.task == "long" else _run_single(pipe, opts)
+    summary["per_step_s"] = summary["denoise_s"] / max(summary["steps"], 1)
+    summary["peak_memory_gb"], summary["memory_kind"] = peak_memory(device)
+    return summary
 
 
 def environment_info() -> dict[str, str]:
