@@ -152,20 +152,19 @@ def _run_long(pipe: Pipeline, opts) -> dict:
 
 
 def _run_single(pipe: Pipeline, opts) -> dict:
-    steps, denoise_s = 0, 0.0
+    stages = []
     if opts.task == "refine":
-        out = pipe.generate(**_refine_kwargs(opts))
-        final_task = "refine"
+        stages.append(pipe.generate(**_refine_kwargs(opts)))
     else:
-        out = pipe.generate(**_generate_kwargs(opts))
-        steps, denoise_s = out.timings["steps"], out.timings["denoise_s"]
-        final_task = opts.task
+        stages.append(pipe.generate(**_generate_kwargs(opts)))
         if opts.refine:
             stage1 = opts.out.with_name(opts.out.stem + ".stage1.mp4")
-            write_frames(stage1, assemble(opts.task, out.frames, **_assembly(opts, 15)), 15, 18)
-            out = pipe.generate(**_refine_kwargs(opts, out.frames))
-    steps += out.timings["steps"]
-    denoise_s += out.timings["denoise_s"]
+            write_frames(stage1, assemble(opts.task, stages[0].frames, **_assembly(opts, 15)), 15, 18)
+            stages.append(pipe.generate(**_refine_kwargs(opts, stages[0].frames)))
+    out = stages[-1]
+    final_task = "refine" if opts.task == "refine" else opts.task
+    steps = sum(s.timings["steps"] for s in stages)
+    denoise_s = sum(s.timings["denoise_s"] for s in stages)
     crf = 10 if out.fps == 30 or opts.task == "refine" else 18
     if opts.refine and opts.task == "vc":
         frames = assemble(final_task, out.frames, **_assembly(opts, out.fps, refined=True))
