@@ -13,11 +13,20 @@ Three graphs (all plain functions of tensors, no data-dependent shapes, so ``tor
     every block's K (RMS-normed and already roped at t = 0..nc-1) and V as one :class:`KVCache`;
   * ``forward(noise_latents, timestep, text_embeds, text_mask, kv_cache=kv)``: cached decode; new tokens are
     roped at t = nc.. and attend to [cache ; new] without copying the cache (``prefix_attention``).
+
+Kernels: the memory-bound primitives (modulate, gated add, LayerNorm, q/k RMSNorm + RoPE, SwiGLU) and attention
+come from one :class:`DiTOps` table shared by every module, chosen once by :meth:`LongCatDiT.use_kernels`:
+``"torch"`` (default) is the reference math written below, ``"triton"`` the fused kernels of
+``lc_runtime.ops.fused`` (same math within bf16 rounding) plus w1/w3 as one GEMM. The forward has no device
+branches.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -26,8 +35,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import DiTConfig
-from ..ops.attention import attention, prefix_attention
+from ..ops.attention import attention, attention_with, get_attention_backend, prefix_attention, prefix_attention_with
 from ..ops.rope import apply_rope, rope_cos_sin
+from ..profiling import nvtx_range
 from ..weights import init_random_  # noqa: F401  (re-exported: random weights of any flavour)
 
 EPS = 1e-6
@@ -91,7 +101,66 @@ def gated_add(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor, frames: int)
     return out.to(x.dtype).view(B, N, C)
 
 
+def layer_norm_fp32(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """LayerNorm_FP32 with affine weight/bias: fp32 math, rounded to x's dtype (SPEC §1.3)."""
+    return F.layer_norm(x.float(), (x.shape[-1],), weight.float(), bias.float(), EPS).to(x.dtype)
+
+
+def qk_norm_rope(q, k, q_weight, k_weight, cos, sin):
+    """RMSNorm then 3-D RoPE of q and k [B, H, N, D] (SPEC §1.6, §1.8)."""
+    return apply_rope(rms_norm(q, q_weight), cos, sin), apply_rope(rms_norm(k, k_weight), cos, sin)
+
+
+@dataclass(frozen=True)
+class DiTOps:
+    """The DiT's memory-bound primitives and attention, swapped as one table by :meth:`LongCatDiT.use_kernels`."""
+
+    name: str = "torch"
+    modulate: Callable = modulate  # (x, shift, scale, frames) -> x.dtype
+    gated_add: Callable = gated_add  # (x, gate, y, frames) -> x.dtype
+    layer_norm: Callable = layer_norm_fp32  # (x, weight, bias) -> x.dtype
+    qk_norm_rope: Callable = qk_norm_rope  # (q, k, q_weight, k_weight, cos, sin) -> (q, k)
+    head_rms_norm: Callable = rms_norm  # (x, weight)
+    attention: Callable = attention  # (q, k, v, mask) [B, H, S, D]
+    prefix_attention: Callable = prefix_attention  # (q, k, v, k_prefix, v_prefix)
+    swiglu: Callable | None = None  # on the [w1; w3] GEMM output; None: the reference's two GEMMs
+
+
+TORCH_OPS = DiTOps()
+
+
+def kernel_table(kind: str, attention_backend: str | None = None) -> DiTOps:
+    """The :class:`DiTOps` of ``kind`` ("torch" | "triton"); ``attention_backend`` binds a backend of
+    ``lc_runtime.ops.attention`` (None: "torch" follows the process-wide choice, "triton" takes it now)."""
+    if kind not in ("torch", "triton"):
+        raise ValueError(f"unknown kernels {kind!r}; choose 'torch' or 'triton'")
+    if kind == "torch":
+        if attention_backend is None:
+            return TORCH_OPS
+        return replace(
+            TORCH_OPS,
+            attention=functools.partial(attention_with, attention_backend),
+            prefix_attention=functools.partial(prefix_attention_with, attention_backend),
+        )
+    from ..ops import fused
+
+    backend = attention_backend or get_attention_backend()
+    return DiTOps(
+        name="triton",
+        modulate=fused.modulate,
+        gated_add=fused.gated_add,
+        layer_norm=fused.layer_norm,
+        qk_norm_rope=fused.qk_norm_rope,
+        head_rms_norm=fused.head_rms_norm,
+        attention=functools.partial(attention_with, backend),
+        prefix_attention=functools.partial(prefix_attention_with, backend, merge=fused.merge_attention),
+        swiglu=fused.swiglu,
+    )
+
+
 class LayerNormFP32(nn.LayerNorm):
+    ops = TORCH_OPS
+
     def __init__(self, dim: int):
         super().__init__(dim, eps=EPS, device="meta")
 
@@ -99,7 +168,7 @@ class LayerNormFP32(nn.LayerNorm):
         pass
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), EPS).to(x.dtype)
+        return self.ops.layer_norm(x, self.weight, self.bias)
 
 
 class RMSNorm(nn.Module):
@@ -148,6 +217,8 @@ class CaptionEmbedder(nn.Module):
 
 
 class SelfAttention(nn.Module):
+    ops = TORCH_OPS
+
     def __init__(self, cfg: DiTConfig):
         super().__init__()
         c, self.heads = cfg.hidden_size, cfg.num_heads
@@ -155,33 +226,37 @@ class SelfAttention(nn.Module):
         self.q_norm, self.k_norm = RMSNorm(cfg.head_dim), RMSNorm(cfg.head_dim)
         self.proj = Linear(c, c)
 
-    def qkv_heads(self, x: torch.Tensor):
-        """x [B, N, C] -> normed q, k and raw v, each [B, H, N, D] (qkv layout [q|k|v], head-major)."""
+    def qkv_heads(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """x [B, N, C] -> q, k (RMS-normed and roped) and raw v, each [B, H, N, D] (qkv layout [q|k|v],
+        head-major; v is a view of the GEMM output, the fused kernel writes q and k [B, N, H, D] in memory)."""
         B, N, C = x.shape
         q, k, v = self.qkv(x).view(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
-        return self.q_norm(q), self.k_norm(k), v
+        q, k = self.ops.qk_norm_rope(q, k, self.q_norm.weight, self.k_norm.weight, cos, sin)
+        return q, k, v
 
     def out(self, o: torch.Tensor) -> torch.Tensor:
         B, H, N, D = o.shape
         return self.proj(o.transpose(1, 2).reshape(B, N, H * D))
 
     def forward(self, x, cos, sin, num_cond_tokens: int):
-        q, k, v = self.qkv_heads(x)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v = self.qkv_heads(x, cos, sin)
+        attn = self.ops.attention
         if num_cond_tokens == 0:
-            return self.out(attention(q, k, v)), k, v
+            return self.out(attn(q, k, v)), k, v
         nc = num_cond_tokens  # conditioning queries see only conditioning keys; noise queries see all keys
-        o_cond = attention(q[:, :, :nc], k[:, :, :nc], v[:, :, :nc])
-        o_noise = attention(q[:, :, nc:], k, v)
-        return self.out(torch.cat([o_cond, o_noise], dim=2)), k, v
+        o_cond = attn(q[:, :, :nc], k[:, :, :nc], v[:, :, :nc])
+        o_noise = attn(q[:, :, nc:], k, v)
+        o = torch.cat([o_cond.transpose(1, 2), o_noise.transpose(1, 2)], dim=1)  # [B, N, H, D]: proj's layout
+        return self.proj(o.flatten(2)), k, v
 
     def forward_cached(self, x, cos, sin, k_cache, v_cache):
-        q, k, v = self.qkv_heads(x)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        return self.out(prefix_attention(q, k, v, k_cache, v_cache))
+        q, k, v = self.qkv_heads(x, cos, sin)
+        return self.out(self.ops.prefix_attention(q, k, v, k_cache, v_cache))
 
 
 class CrossAttention(nn.Module):
+    ops = TORCH_OPS
+
     def __init__(self, cfg: DiTConfig):
         super().__init__()
         c, self.heads = cfg.hidden_size, cfg.num_heads
@@ -196,23 +271,43 @@ class CrossAttention(nn.Module):
 
     def forward(self, x, k, v, mask):
         B, N, C = x.shape
-        q = self.q_norm(self.q_linear(x).view(B, N, self.heads, C // self.heads).transpose(1, 2))
-        o = attention(q, k, v, mask)
+        q = self.q_linear(x).view(B, N, self.heads, C // self.heads).transpose(1, 2)
+        o = self.ops.attention(self.ops.head_rms_norm(q, self.q_norm.weight), k, v, mask)
         return self.proj(o.transpose(1, 2).reshape(B, N, C))
 
 
 class FeedForwardSwiGLU(nn.Module):
+    ops = TORCH_OPS
+
     def __init__(self, cfg: DiTConfig):
         super().__init__()
         c, h = cfg.hidden_size, cfg.ffn_hidden_size
         self.w1, self.w2, self.w3 = Linear(c, h, bias=False), Linear(h, c, bias=False), Linear(c, h, bias=False)
+        self.w13: torch.Tensor | None = None  # [w1; w3] [2h, c] once fused; not in the state dict
+
+    def fuse_w13(self) -> None:
+        """Store w1 and w3 as one [2h, c] tensor (one GEMM) and make ``w1.weight``/``w3.weight`` views of it: the
+        state dict keeps the checkpoint's names and in-place LoRA merges/restores land in the fused weight.
+        Moving the module (``.to``) afterwards breaks the aliasing; call again (``use_kernels``) after a move."""
+        w1, w3 = self.w1.weight, self.w3.weight
+        h = w1.shape[0]
+        if self.w13 is not None and w1.data_ptr() == self.w13.data_ptr() and w3.data_ptr() == self.w13[h:].data_ptr():
+            return
+        w13 = torch.cat([w1.detach(), w3.detach()])
+        self.w1.weight = nn.Parameter(w13[:h], requires_grad=False)
+        self.w3.weight = nn.Parameter(w13[h:], requires_grad=False)
+        self.w13 = w13
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.ops.swiglu is not None and self.w13 is not None and not (self.w1.adapters or self.w3.adapters):
+            return self.w2(self.ops.swiglu(F.linear(x, self.w13)))
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
 
 class Block(nn.Module):
     """`LongCatSingleStreamBlock` (SPEC §1.5)."""
+
+    ops = TORCH_OPS
 
     def __init__(self, cfg: DiTConfig):
         super().__init__()
@@ -229,15 +324,15 @@ class Block(nn.Module):
         B, N, C = x.shape
         mods = self.adaLN_modulation(t).view(B, frames, 1, 6 * C).chunk(6, dim=-1)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods
-        xm = modulate(x, shift_msa, scale_msa, frames)
+        xm = self.ops.modulate(x, shift_msa, scale_msa, frames)
         if kv_cache is None:
             a, k, v = self.attn(xm, *rope, num_cond_tokens)
         else:
             a, k, v = self.attn.forward_cached(xm, *rope, *kv_cache), None, None
-        x = gated_add(x, gate_msa, a, frames)
+        x = self.ops.gated_add(x, gate_msa, a, frames)
         if text_kv is not None:
             x = x + self._cross(x, text_kv, num_cond_tokens)
-        x = gated_add(x, gate_mlp, self.ffn(modulate(x, shift_mlp, scale_mlp, frames)), frames)
+        x = self.ops.gated_add(x, gate_mlp, self.ffn(self.ops.modulate(x, shift_mlp, scale_mlp, frames)), frames)
         return x, k, v
 
     def _cross(self, x, text_kv, num_cond_tokens: int):
@@ -250,6 +345,8 @@ class Block(nn.Module):
 
 
 class FinalLayer(nn.Module):
+    ops = TORCH_OPS
+
     def __init__(self, cfg: DiTConfig):
         super().__init__()
         c = cfg.hidden_size
@@ -259,7 +356,7 @@ class FinalLayer(nn.Module):
     def forward(self, x, t, frames: int):
         B, N, C = x.shape
         shift, scale = self.adaLN_modulation(t).view(B, frames, 1, 2 * C).chunk(2, dim=-1)
-        return self.linear(modulate(x, shift, scale, frames))  # fp32 [B, N, out*prod(patch)]
+        return self.linear(self.ops.modulate(x, shift, scale, frames))  # fp32 [B, N, out*prod(patch)]
 
 
 class LongCatDiT(nn.Module):
@@ -283,6 +380,33 @@ class LongCatDiT(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.final_layer.linear.weight.device
+
+    @property
+    def kernels(self) -> str:
+        """Which :class:`DiTOps` table the modules use ("torch" or "triton")."""
+        return self.final_layer.ops.name
+
+    def use_kernels(self, kind: str = "triton", *, attention: str | None = None) -> LongCatDiT:
+        """Choose, once, how the memory-bound ops and attention run in every module (see :class:`DiTOps`).
+
+        ``"torch"``: the reference math (any device). ``"triton"``: the fused ops of ``lc_runtime.ops.fused``
+        (Triton kernels on CUDA, their references elsewhere), w1/w3 fused into one GEMM weight, attention bound
+        to ``attention`` or the process-wide backend. Call after loading/moving the weights; LoRA merges
+        (in place) keep working. Returns self.
+        """
+        if kind == "triton" and self.device.type == "cuda":
+            from ..ops.fused import triton_available
+
+            if not triton_available():
+                raise RuntimeError("use_kernels('triton') on CUDA needs the triton package (pip install triton)")
+        ops = kernel_table(kind, attention)
+        if ops.swiglu is not None:
+            for blk in self.blocks:
+                blk.ffn.fuse_w13()
+        for m in self.modules():
+            if isinstance(getattr(type(m), "ops", None), DiTOps):
+                m.ops = ops
+        return self
 
     # ------------------------------------------------------------------------------------------- pieces
     def grid(self, latents: torch.Tensor) -> tuple[int, int, int]:
@@ -377,7 +501,8 @@ class LongCatDiT(nn.Module):
         for i, blk in enumerate(self.blocks):
             cache_i = None if kv_cache is None else (kv_cache.k[i], kv_cache.v[i])
             text_i = (text_context.k[i], text_context.v[i], text_context.mask)
-            x, _, _ = blk(x, t, rope, text_i, T, cond_tokens, cache_i)
+            with nvtx_range(f"dit block {i}"):
+                x, _, _ = blk(x, t, rope, text_i, T, cond_tokens, cache_i)
         return self.unpatchify(self.final_layer(x, t, T), grid).float()
 
     def prefill(self, cond_latents: torch.Tensor, *, return_output: bool = False):
@@ -393,8 +518,9 @@ class LongCatDiT(nn.Module):
         x = self.x_embedder(cond_latents.to(self.dtype))
         rope = rope_cos_sin(grid, self.config.head_dim, device=x.device)
         ks, vs = [], []
-        for blk in self.blocks:
-            x, k, v = blk(x, t, rope, None, T)
+        for i, blk in enumerate(self.blocks):
+            with nvtx_range(f"dit prefill block {i}"):
+                x, k, v = blk(x, t, rope, None, T)
             ks.append(k)
             vs.append(v)
         cache = KVCache(torch.stack(ks), torch.stack(vs))

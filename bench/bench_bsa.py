@@ -1,0 +1,519 @@
+"""Block-sparse attention (lc_runtime.ops.block_sparse_attention) on one GPU: validate, then time (STYLE #11).
+
+Run from the repository root on the GPU machine (H100/H200, torch 2.11 + CUDA 13, Triton 3.6):
+
+    python bench/bench_bsa.py [--out DIR] [--quick]
+
+Writes DIR/bsa_<gpu>.json (every number) and DIR/bsa_<gpu>.md (summary); DIR is --out, else $OUT, else
+bench/results. Both are rewritten after every phase, so a crash still leaves what was measured. About 2-3 minutes of
+GPU time, most of it Triton compiling the swept configs (--quick: 3 configs).
+
+1. Goldens (tests/fixtures/golden/bsa.*, the original Triton kernel on an H200): the selection computed on the GPU
+   must equal the golden indices exactly; the kernel output (every swept config, one and two key-range passes,
+   output poisoned with NaN first) must lie within bf16 precision of the fp32 reference: max and mean |err| <= 2x
+   those of a bf16 torch computation of the same attention (STYLE #9). The distance to the original kernel's
+   output is reported.
+2. Random small shapes for every config, one and three passes: different q/k grids, topk / cdf / cdf+topk,
+   [B, S, H, D] storage.
+3. The 720p refine shape: 32 heads x (48, 44, 80) tokens = 168,960, bf16, D = 128, sparsity 0.9375 (K_sel = 165 of
+   2640 key blocks). Every timed config first passes a spot check of sampled query blocks against a gathered fp32
+   reference. CUDA-event timings (warm-up, L2 flushed before each rep, median): selection (pool + scores + top-k),
+   the ascending sort, the kernel per config (auto key-range passes), then for the best config every pass count
+   and the original's schedule (one pass, score order), the whole op, dense SDPA (flash, cuDNN) and FA3
+   (`flash_attn_interface`) when it imports. Inputs: iid normal (selections scattered over the whole key range: the
+   worst case for L2 reuse) and "rope" (a per-head content vector plus noise, rotated by a 3-D RoPE: scores fall off
+   with distance, neighbouring query blocks pick overlapping key blocks, as in real DiT heads).
+   TFLOP/s counts the selected blocks only: 4 * Sq * K_sel * 64 * D * H; K/V GB/s = gathered K/V bytes / time.
+
+--smoke runs the same flow at toy sizes (on CPU with TRITON_INTERPRET=1 when no GPU is present) to test the script.
+"""
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from lc_runtime.ops.block_sparse_attention import (  # noqa: E402
+    ascending_selection,
+    block_sparse_attention,
+    num_selected_blocks,
+    reorder_from_blocks,
+    reorder_to_blocks,
+    select_blocks_raster,
+    sparse_attention_ref,
+)
+
+CHUNK = (4, 4, 4)
+BLOCK = 64
+# (n_sub, num_warps, num_stages); sm_90 compile of Triton 3.6: stages <= 4 double-buffer K/V one iteration ahead
+# (82 KB smem at n_sub 1: 2 programs/SM), stages 5 triple-buffer two iterations ahead (115 KB: 1 program/SM).
+SWEEP = [(1, 4, 3), (1, 8, 3), (1, 4, 5), (1, 8, 5), (2, 4, 3), (2, 8, 3), (2, 8, 5)]
+QUICK_SWEEP = [(1, 4, 3), (1, 8, 5), (2, 8, 3)]
+PASS_SWEEP = [1, 2, 3, 4, 6]
+
+
+def log(*args):
+    print(*args, flush=True)
+
+
+def cfg_name(cfg) -> str:
+    passes = "auto" if cfg.kv_passes is None else cfg.kv_passes
+    return f"n_sub={cfg.n_sub} warps={cfg.num_warps} stages={cfg.num_stages} passes={passes}"
+
+
+# ------------------------------------------------------------------------------------------------ checks
+
+
+def precision_check(out, ref32, ref16, k=2.0) -> dict:
+    """STYLE #9: |out - ref32| <= k * |ref16 - ref32| for the max and the mean; NaN (poison left) never passes."""
+    err = (out.float() - ref32).abs()
+    base = (ref16.float() - ref32).abs()
+    finite = bool(torch.isfinite(out).all())
+    rec = dict(max_err=err.max().item(), mean_err=err.mean().item(), max_bf16=base.max().item(),
+               mean_bf16=base.mean().item(), rel_l2=((out.float() - ref32).norm() / ref32.norm()).item(),
+               finite=finite)  # fmt: skip
+    rec["ok"] = finite and rec["max_err"] <= k * rec["max_bf16"] and rec["mean_err"] <= k * rec["mean_bf16"]
+    return rec
+
+
+def reference_pair(q, k, v, lq, lk, idx, counts):
+    """fp32 reference and the bf16 torch computation of the same selection, raster order."""
+    qb, kb, vb = reorder_to_blocks(q, lq), reorder_to_blocks(k, lk), reorder_to_blocks(v, lk)
+    ref32 = reorder_from_blocks(sparse_attention_ref(qb, kb, vb, idx, counts), lq)
+    ref16 = reorder_from_blocks(sparse_attention_ref(qb, kb, vb, idx, counts, upcast=False), lq)
+    return ref32, ref16
+
+
+def run_kernel(q, k, v, idx, counts, lq, lk, cfg, order="sort"):
+    from lc_runtime.ops.triton_bsa import bsa_forward
+
+    out = torch.full_like(q, float("nan"))  # poison: every element must be written
+    return bsa_forward(q, k, v, idx, counts, lq, lk, CHUNK, cfg, out=out, order=order)
+
+
+def with_passes(cfg, passes):
+    return dataclasses.replace(cfg, kv_passes=passes)
+
+
+def validate_goldens(configs, device) -> list[dict]:
+    from safetensors.torch import load_file
+
+    golden = load_file(str(REPO / "tests/fixtures/golden/bsa.safetensors"))
+    meta = json.loads((REPO / "tests/fixtures/golden/bsa.json").read_text())
+    records = []
+    for name, m in meta.items():
+        q, k, v = (golden[f"{name}.{n}"].to(device) for n in "qkv")
+        lq, lk = m["latent_shape_q"], m["latent_shape_k"]
+        idx, counts = select_blocks_raster(q, k, lq, lk, m["sparsity"], m["cdf_threshold"], CHUNK)
+        gold_idx = golden[f"{name}.block_indices"]
+        gold_counts = golden[f"{name}.block_indices_lens"]
+        selection_exact = torch.equal(idx.cpu(), gold_idx) and torch.equal(counts.cpu(), gold_counts)
+        ref32, ref16 = reference_pair(q, k, v, lq, lk, gold_idx.to(device), counts)
+        gold_out = golden[f"{name}.out"].to(device)
+        original = precision_check(gold_out, ref32, ref16)
+        runs = [(cfg_name(c), run_kernel, c, p) for c in configs for p in (1, 2)]
+        runs.append(("op (default config)", None, None, None))
+        for label, _, cfg, passes in runs:
+            if cfg is None:
+                out = block_sparse_attention(q, k, v, lq, lk, m["sparsity"], m["cdf_threshold"], CHUNK)
+            else:
+                out = run_kernel(q, k, v, idx, counts, lq, lk, with_passes(cfg, passes))
+            rec = precision_check(out, ref32, ref16)
+            rec.update(case=name, config=label, passes=passes, selection_exact=selection_exact)
+            rec["max_vs_original"] = (out.float() - gold_out.float()).abs().max().item()
+            rec["original_max_err"] = original["max_err"]
+            rec["ok"] = rec["ok"] and selection_exact
+            records.append(rec)
+    return records
+
+
+def validate_random(configs, device, smoke) -> list[dict]:
+    heads, d = (2, 32) if smoke else (4, 128)
+    lq, lk = ((4, 8, 8), (8, 8, 16)) if smoke else ((8, 16, 16), (16, 16, 16))
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    records = []
+    for layout in ("bhsd", "bshd"):
+        for sparsity, cdf in ((0.875, None), (None, 0.3), (0.9375, 0.2)):
+
+            def make(lat, layout=layout):
+                s = math.prod(lat)
+                shape = (1, s, heads, d) if layout == "bshd" else (1, heads, s, d)
+                x = torch.randn(shape, generator=gen).to(device=device, dtype=torch.bfloat16)
+                return x.transpose(1, 2) if layout == "bshd" else x
+
+            q, k, v = make(lq), make(lk), make(lk)
+            idx, counts = select_blocks_raster(q, k, lq, lk, sparsity, cdf, CHUNK)
+            ref32, ref16 = reference_pair(q, k, v, lq, lk, idx, counts)
+            for cfg in configs:
+                for passes in (1, 3):
+                    out = run_kernel(q, k, v, idx, counts, lq, lk, with_passes(cfg, passes))
+                    rec = precision_check(out, ref32, ref16)
+                    rec.update(case=f"{layout} sparsity={sparsity} cdf={cdf}", config=cfg_name(cfg), passes=passes)
+                    rec["counts"] = [int(counts.min()), int(counts.max())]
+                    records.append(rec)
+    return records
+
+
+def spot_check(q, k, v, out, idx, counts, lat, samples, gen) -> dict:
+    """Compare sampled (head, query block) rows of a full-size output with a gathered fp32 reference."""
+    s, d = q.shape[2], q.shape[3]
+    tokens = reorder_to_blocks(torch.arange(s, device=q.device).view(1, 1, s, 1), lat).view(-1, BLOCK)
+    outs, refs32, refs16 = [], [], []
+    for _ in range(samples):
+        h = int(torch.randint(q.shape[1], (1,), generator=gen))
+        i = int(torch.randint(tokens.shape[0], (1,), generator=gen))
+        rows = tokens[i]
+        keys = tokens[idx[0, h, i, : int(counts[0, h, i])]].flatten()
+        for dtype, acc in ((torch.float32, refs32), (torch.bfloat16, refs16)):
+            scores = (q[0, h, rows].to(dtype) @ k[0, h, keys].to(dtype).T) / math.sqrt(d)
+            acc.append(torch.softmax(scores, dim=-1) @ v[0, h, keys].to(dtype))
+        outs.append(out[0, h, rows])
+    return precision_check(torch.cat(outs), torch.cat(refs32), torch.cat(refs16).float())
+
+
+# ------------------------------------------------------------------------------------------------ timing
+
+
+class Timer:
+    """Median time of fn: CUDA events with a 256 MB L2 flush before each rep (perf_counter on CPU)."""
+
+    def __init__(self, device, flush_bytes=256 << 20):
+        self.cuda = torch.device(device).type == "cuda"
+        self.flush = torch.empty(flush_bytes if self.cuda else 1, dtype=torch.uint8, device=device)
+
+    def __call__(self, fn, reps, warmup=1) -> dict:
+        for _ in range(warmup):
+            fn()
+        times = []
+        for _ in range(reps):
+            self.flush.zero_()
+            if self.cuda:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end) / 1e3)
+            else:
+                t0 = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t0)
+        return dict(median_s=statistics.median(times), min_s=min(times), max_s=max(times), reps=reps)
+
+
+def rope_inputs(heads, lat, d, device, gen):
+    """q, k, v [1, H, S, D] bf16: per-head content + 0.5 noise, q and k rotated by a 3-D RoPE (t:h:w pairs 2:3:3)."""
+    pairs = d // 2
+    split = (pairs // 4, 3 * pairs // 8, pairs - pairs // 4 - 3 * pairs // 8)
+    angles = []
+    for axis, (n, size) in enumerate(zip(split, lat)):
+        freq = 10000.0 ** (-torch.arange(n, dtype=torch.float64) / n)
+        a = torch.arange(size, dtype=torch.float64)[:, None] * freq[None, :]
+        shape = [1, 1, 1, n]
+        shape[axis] = size
+        angles.append(a.view(shape).expand(*lat, n))
+    angle = torch.cat(angles, dim=-1).reshape(-1, pairs).to(device=device, dtype=torch.float32)
+    cos, sin = angle.cos(), angle.sin()
+    s = math.prod(lat)
+    out = []
+    for role in range(3):
+        x = torch.empty(1, heads, s, d, device=device, dtype=torch.bfloat16)
+        for h in range(heads):
+            content = torch.randn(1, d, generator=gen, device=device)
+            xh = content + 0.5 * torch.randn(s, d, generator=gen, device=device)
+            if role < 2:  # q and k get the rotation; v is content plus noise
+                even, odd = xh[:, 0::2], xh[:, 1::2]
+                xh = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1).flatten(1)
+            x[0, h] = xh.to(torch.bfloat16)
+        out.append(x)
+    return out
+
+
+def selection_overlap(idx, nk) -> float:
+    """Mean share of key blocks that query blocks i and i+1 (same head) both select: ~K_sel/Nk for iid inputs."""
+    mask = torch.zeros(idx.shape[1], idx.shape[2], nk, dtype=torch.bool, device=idx.device)
+    mask.scatter_(-1, idx[0], True)
+    return ((mask[:, :-1] & mask[:, 1:]).sum(-1).float() / idx.shape[-1]).mean().item()
+
+
+def bench_full(args, configs, device, results, save):
+    heads, lat, d = (2, (8, 8, 16), 32) if args.smoke else (32, (48, 44, 80), 128)
+    sparsity = 0.9375
+    s = math.prod(lat)
+    nk = s // BLOCK
+    k_sel = num_selected_blocks(nk, sparsity)
+    shape = dict(batch=1, heads=heads, latent_shape=list(lat), tokens=s, head_dim=d, dtype="bfloat16")
+    shape.update(sparsity=sparsity, key_blocks=nk, k_sel=k_sel, flops_selected=4 * s * k_sel * BLOCK * d * heads)
+    shape.update(flops_dense=4 * s * s * d * heads, kv_bytes_gathered=2 * nk * k_sel * BLOCK * d * 2 * heads)
+    full = results.setdefault("full", {})
+    full["shape"] = shape
+    timer = Timer(device)
+    gen = torch.Generator(device="cpu").manual_seed(1)  # spot-check sampling
+    gen_inputs = torch.Generator(device=device).manual_seed(2)  # inputs drawn on the device (GBs)
+    for kind in ("iid", "rope"):
+        log(f"[full:{kind}] inputs")
+        if kind == "iid":
+            qkv = [
+                torch.randn(1, heads, s, d, generator=gen_inputs, device=device, dtype=torch.bfloat16) for _ in "qkv"
+            ]
+            sweep = configs
+        else:
+            qkv = rope_inputs(heads, lat, d, device, gen_inputs)
+            sweep = results.get("_rope_configs", configs[:1])
+        full[kind] = bench_inputs(args, qkv, lat, shape, sweep, timer, gen, results, kind)
+        save()
+        if kind == "iid":
+            reps = 1 if args.smoke else 2
+            full[kind]["dense"] = dense_baselines(*qkv, timer, reps, shape["flops_dense"], device)
+            save()
+        qkv.clear()
+        if device == "cuda":
+            torch.cuda.empty_cache()
+
+
+def bench_inputs(args, qkv, lat, shape, sweep, timer, gen, results, kind) -> dict:
+    """Selection, kernel sweep (each config spot-checked first), pass counts, score order and op on one input set."""
+    from lc_runtime.ops.triton_bsa import BsaKernelConfig, auto_kv_passes, bsa_forward
+
+    q, k, v = qkv
+    sparsity = shape["sparsity"]
+    reps = 2 if args.smoke else (3 if args.quick else 5)
+    entry = dict(auto_kv_passes=auto_kv_passes(k))
+    idx, counts = select_blocks_raster(q, k, lat, lat, sparsity, None, CHUNK)
+    idx_asc = ascending_selection(idx, counts)
+    entry["selection_overlap_neighbours"] = selection_overlap(idx, shape["key_blocks"])
+    entry["time_selection"] = timer(lambda: select_blocks_raster(q, k, lat, lat, sparsity, None, CHUNK), reps)
+    entry["time_ascending_sort"] = timer(lambda: ascending_selection(idx, counts), reps)
+    out = torch.empty_like(q)
+
+    def timed_kernel(cfg, order):
+        indices = idx if order == "as_given" else idx_asc
+        fn = lambda: bsa_forward(q, k, v, indices, counts, lat, lat, CHUNK, cfg, out=out, order=order)  # noqa: E731
+        rec = dict(config=cfg_name(cfg), order="score" if order == "as_given" else "ascending")
+        try:
+            checked = run_kernel(q, k, v, indices, counts, lat, lat, cfg, order=order)
+            rec["spot_check"] = spot_check(q, k, v, checked, idx, counts, lat, 4 if args.smoke else 16, gen)
+            del checked
+            if not rec["spot_check"]["ok"]:
+                raise RuntimeError(f"spot check failed: {rec['spot_check']}")
+            t = rec["time"] = timer(fn, reps)
+            t["tflops"] = shape["flops_selected"] / t["median_s"] / 1e12
+            t["kv_gbps"] = shape["kv_bytes_gathered"] / t["median_s"] / 1e9
+        except Exception as e:  # a config may not fit (shared memory) or fail: record it, go on
+            rec["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+        log(f"[full:{kind}] {rec['config']} {rec['order']}: {rec.get('time', rec.get('error'))}")
+        return rec
+
+    entry["configs"] = [timed_kernel(cfg, "sorted") for cfg in sweep]
+    timed = [r for r in entry["configs"] if "time" in r]
+    if not timed:
+        return entry
+    best = min(timed, key=lambda r: r["time"]["median_s"])
+    best_cfg = sweep[entry["configs"].index(best)]
+    if kind == "iid":
+        passes = [timed_kernel(with_passes(best_cfg, p), "sorted") for p in PASS_SWEEP]
+        entry["pass_sweep"] = passes
+        timed_p = [r for r in passes if "time" in r]
+        if timed_p and min(r["time"]["median_s"] for r in timed_p) < best["time"]["median_s"]:
+            best = min(timed_p, key=lambda r: r["time"]["median_s"])
+            best_cfg = with_passes(best_cfg, PASS_SWEEP[passes.index(best)])
+        entry["original_schedule"] = timed_kernel(with_passes(best_cfg, 1), "as_given")
+        results["_rope_configs"] = list(dict.fromkeys([best_cfg, BsaKernelConfig()]))
+    entry["best_config"] = best["config"]
+    entry["op_total_default_config"] = timer(lambda: block_sparse_attention(q, k, v, lat, lat, sparsity), reps)
+    sel_t = entry["time_selection"]["median_s"] + entry["time_ascending_sort"]["median_s"]
+    entry["total_best_s"] = sel_t + best["time"]["median_s"]
+    log(f"[full:{kind}] best {best['config']} {best['time']['median_s']:.4f}s; selection+sort {sel_t:.4f}s")
+    return entry
+
+
+def dense_baselines(q, k, v, timer, reps, dense_flops, device) -> dict:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    res = {}
+    backends = [("sdpa_flash", SDPBackend.FLASH_ATTENTION), ("sdpa_cudnn", SDPBackend.CUDNN_ATTENTION)]
+    if device != "cuda":
+        backends = [("sdpa_math", SDPBackend.MATH)]
+    for name, backend in backends:
+        try:
+
+            def run(b=backend):
+                with sdpa_kernel([b]):
+                    sdpa(q, k, v)
+
+            res[name] = timer(run, reps)
+            res[name]["tflops"] = dense_flops / res[name]["median_s"] / 1e12
+        except Exception as e:
+            res[name] = dict(error=f"{type(e).__name__}: {str(e)[:300]}")
+        log(f"[dense] {name}: {res[name]}")
+    try:
+        import flash_attn_interface
+
+        bshd = [x.transpose(1, 2).contiguous() for x in (q, k, v)]  # FA3 wants [B, S, H, D]
+        res["fa3"] = timer(lambda: flash_attn_interface.flash_attn_func(*bshd), reps)
+        res["fa3"]["tflops"] = dense_flops / res["fa3"]["median_s"] / 1e12
+        bshd.clear()
+    except ImportError:
+        res["fa3"] = dict(error="flash_attn_interface not importable")
+    except Exception as e:
+        res["fa3"] = dict(error=f"{type(e).__name__}: {str(e)[:300]}")
+    log(f"[dense] fa3: {res['fa3']}")
+    return res
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+
+def environment(device) -> dict:
+    import triton
+
+    env = dict(torch=torch.__version__, triton=triton.__version__, python=platform.python_version(), device=device)
+    if device == "cuda":
+        p = torch.cuda.get_device_properties(0)
+        env.update(gpu=p.name, sm_count=p.multi_processor_count, memory_gib=round(p.total_memory / 2**30, 1),
+                   l2_mb=round(getattr(p, "L2_cache_size", 0) / 2**20, 1), cuda=torch.version.cuda,
+                   capability=f"{p.major}.{p.minor}")  # fmt: skip
+    else:
+        env.update(gpu="cpu (TRITON_INTERPRET=1)")
+    return env
+
+
+def _row(kind, what, t=None, tflops=None, gbps=None, text=None) -> str:
+    cells = [kind, what, f"{t:.4f}" if t is not None else (text or ""), f"{tflops:.0f}" if tflops else ""]
+    return "| " + " | ".join([*cells, f"{gbps:.0f}" if gbps else ""]) + " |"
+
+
+def summary_markdown(results) -> str:
+    env = results["environment"]
+    lines = [
+        f"# Block-sparse attention on {env['gpu']}",
+        "",
+        f"torch {env['torch']}, triton {env['triton']}, CUDA {env.get('cuda')}, {env.get('sm_count')} SMs, "
+        f"L2 {env.get('l2_mb')} MB; `bench/bench_bsa.py`, {results['date']}.",
+        "",
+        f"Validation: goldens {'PASS' if results.get('golden_ok') else 'FAIL'}, random shapes "
+        f"{'PASS' if results.get('random_ok') else 'FAIL'} (bound: 2x the bf16-torch error vs the fp32 reference).",
+    ]
+    full = results.get("full", {})
+    if "shape" in full:
+        sh = full["shape"]
+        lines += [
+            "",
+            f"Shape: B=1, H={sh['heads']}, grid {tuple(sh['latent_shape'])} = {sh['tokens']} tokens, "
+            f"D={sh['head_dim']}, bf16, sparsity {sh['sparsity']}: K_sel {sh['k_sel']} of {sh['key_blocks']}.",
+            "",
+            "| input | what | median s | TFLOP/s (selected) | K/V GB/s |",
+            "|---|---|---|---|---|",
+        ]
+    for kind in ("iid", "rope"):
+        e = full.get(kind)
+        if not e:
+            continue
+        lines.append(_row(kind, "selection (pool + scores + top-k)", e["time_selection"]["median_s"]))
+        lines.append(_row(kind, "ascending sort of the selection", e["time_ascending_sort"]["median_s"]))
+        for r in e.get("configs", []) + e.get("pass_sweep", []) + [e.get("original_schedule") or {}]:
+            if not r:
+                continue
+            what = f"kernel {r['config']} ({r['order']})"
+            if "time" in r:
+                lines.append(_row(kind, what, r["time"]["median_s"], r["time"]["tflops"], r["time"]["kv_gbps"]))
+            else:
+                lines.append(_row(kind, what, text=r.get("error", "?")[:70]))
+        if "op_total_default_config" in e:
+            lines.append(_row(kind, "op total (default config)", e["op_total_default_config"]["median_s"]))
+            lines.append(_row(kind, f"selection + sort + best kernel ({e['best_config']})", e["total_best_s"]))
+        for name, r in e.get("dense", {}).items():
+            if "median_s" in r:
+                lines.append(_row(kind, f"dense {name}", r["median_s"], r["tflops"]))
+            else:
+                lines.append(_row(kind, f"dense {name}", text=r["error"][:70]))
+        lines.append(_row(kind, "neighbour selection overlap (share)", text=f"{e['selection_overlap_neighbours']:.3f}"))
+    if full.get("iid", {}).get("best_config"):
+        lines += ["", f"Fastest kernel config on iid inputs: `{full['iid']['best_config']}` (candidate for "
+                  "`DEFAULT_CONFIG` in lc_runtime/ops/triton_bsa.py; 'auto' passes = "
+                  f"{full['iid']['auto_kv_passes']} here)."]  # fmt: skip
+    lines += ["", "Reference points (DESIGN.md, H200): original BSA 0.106 s, dense FA3 0.666 s; target <= 0.060 s."]
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+def install_interpreter_shims():
+    """CPU smoke runs only: the Triton-interpreter workarounds of the kernel test (bf16 dot, NumPy >= 2.4)."""
+    import importlib.util
+
+    path = REPO / "tests/ops/test_block_sparse_attention.py"
+    spec = importlib.util.spec_from_file_location("_bsa_test_module", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module._install_interpreter_shims()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default=os.environ.get("OUT") or str(REPO / "bench/results"))
+    parser.add_argument("--quick", action="store_true", help="3 configs, fewer reps")
+    parser.add_argument("--smoke", action="store_true", help="toy sizes; CPU + TRITON_INTERPRET=1 without a GPU")
+    args = parser.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        if not (args.smoke and os.environ.get("TRITON_INTERPRET") == "1"):
+            sys.exit("no CUDA device: run on the GPU machine, or use --smoke with TRITON_INTERPRET=1")
+        install_interpreter_shims()
+    from lc_runtime.ops.triton_bsa import BsaKernelConfig
+
+    sweep = QUICK_SWEEP if (args.quick or args.smoke) else SWEEP
+    configs = [BsaKernelConfig(n_sub=a, num_warps=b, num_stages=c) for a, b, c in sweep]
+    env = environment(device)
+    tag = re.sub(r"[^a-z0-9]+", "_", env["gpu"].lower().replace("nvidia", "")).strip("_") or "gpu"
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = dict(environment=env, date=time.strftime("%Y-%m-%d %H:%M"), sweep=[cfg_name(c) for c in configs])
+
+    def save():
+        dump = {k: v for k, v in results.items() if not k.startswith("_")}
+        (out_dir / f"bsa_{tag}.json").write_text(json.dumps(dump, indent=1))
+        (out_dir / f"bsa_{tag}.md").write_text(summary_markdown(results))
+
+    log(f"env: {env}")
+    t0 = time.time()
+    results["golden"] = validate_goldens(configs, device)
+    results["golden_ok"] = all(r["ok"] for r in results["golden"])
+    for r in results["golden"]:
+        log(f"[golden] {r['case']} {r['config']} passes={r['passes']}: ok={r['ok']} sel={r['selection_exact']} "
+            f"max {r['max_err']:.2e} (bf16 {r['max_bf16']:.2e}) vs original {r['max_vs_original']:.2e}")  # fmt: skip
+    results["random"] = validate_random(configs, device, args.smoke)
+    results["random_ok"] = all(r["ok"] for r in results["random"])
+    for r in results["random"]:
+        log(f"[random] {r['case']} {r['config']} passes={r['passes']}: ok={r['ok']} "
+            f"max {r['max_err']:.2e} (bf16 {r['max_bf16']:.2e})")  # fmt: skip
+    save()
+    checks = results["golden"] + results["random"]
+    valid = [c for c in configs if all(r["ok"] for r in checks if r["config"] == cfg_name(c))]
+    if len(valid) < len(configs):
+        log(f"configs failing validation (not timed): {[cfg_name(c) for c in configs if c not in valid]}")
+    if valid:
+        bench_full(args, valid, device, results, save)
+    results["wall_s"] = time.time() - t0
+    save()
+    log(summary_markdown(results))
+    if not (results["golden_ok"] and results["random_ok"]):
+        sys.exit("VALIDATION FAILED (see the JSON)")
+
+
+if __name__ == "__main__":
+    main()

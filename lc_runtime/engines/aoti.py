@@ -1,0 +1,70 @@
+"""AOTInductor backend: ``torch.export`` + ``aoti_compile_and_package`` to a ``.pt2``, weights bound at load.
+
+Build: the graph's wrapper module is exported with ``torch.export.export`` (static shapes from the spec) and
+compiled by AOTInductor with ``aot_inductor.package_constants_in_so=False``: the package holds the generated
+kernels (C++ on CPU; Triton cubins on GPU, including user Triton kernels registered with
+``torch.library.triton_op``) and the wrapper, but not the weights. A 13.6B-parameter package is then a few MB
+instead of 27 GB, and one checkpoint on disk serves any number of engine folders.
+
+Load: ``load_package`` and then ``load_constants(state, check_full_update=True, user_managed=True)`` with the
+tensors of the already-loaded model, keyed by their fully-qualified names (the wrapper's attribute prefix
+included: ``dit.blocks.0.attn.qkv.weight``). ``user_managed`` makes the package use those very tensors (no copy,
+no second 27 GB on the GPU), so a LoRA merged into the model in place (``dit.set_loras(..., merged=True)``) is
+what the engine computes with, before or after binding. Unmerged LoRA adapters are extra modules the graph
+does not contain; :class:`lc_runtime.engines.runtime.EngineDenoiser` refuses them.
+
+``run_single_threaded=True`` (GPU) drops the package's internal locking so the call can be captured into a CUDA
+graph (:class:`lc_runtime.engines.runtime.StaticGraph`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..export.modules import unwrap_outputs
+from .manifest import EngineMismatchError
+
+
+def build_aoti(module: nn.Module, inputs: tuple[torch.Tensor, ...], path: str | Path, **inductor_configs) -> None:
+    """Export ``module(*inputs)`` and compile it to the AOTInductor package ``path`` (``.pt2``), weights left out."""
+    with torch.no_grad():
+        program = torch.export.export(module.eval(), tuple(inputs), strict=False)
+        configs = {"aot_inductor.package_constants_in_so": False, **inductor_configs}
+        torch._inductor.aoti_compile_and_package(program, package_path=str(path), inductor_configs=configs)
+
+
+def bind_constants(compiled, module: nn.Module, where: str) -> None:
+    """Point the package's constants at ``module``'s tensors (by reference, see the module docstring)."""
+    state = module.state_dict()
+    fqns = compiled.get_constant_fqns()
+    missing = [f for f in fqns if f not in state]
+    if missing:
+        raise EngineMismatchError(
+            f"{where}: the model lacks {len(missing)} tensors the engine needs (e.g. {missing[0]!r}); "
+            "it was built from another architecture: rebuild it"
+        )
+    constants = {f: state[f] for f in fqns}
+    try:
+        compiled.load_constants(constants, check_full_update=True, user_managed=True)
+    except TypeError:  # torch without user-managed constants: the package keeps its own copy
+        compiled.load_constants(constants, check_full_update=True)
+
+
+class AOTIGraph:
+    """A loaded ``.pt2`` with its weights bound: ``graph(*inputs) -> tuple of outputs``."""
+
+    def __init__(self, path: str | Path, module: nn.Module, *, device: torch.device, single_threaded: bool):
+        from torch._inductor.package import load_package
+
+        device = torch.device(device)
+        index = device.index if device.type == "cuda" and device.index is not None else -1
+        self.path = Path(path)
+        self.compiled = load_package(str(path), run_single_threaded=single_threaded, device_index=index)
+        bind_constants(self.compiled, module, str(path))
+
+    def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        # the kernels were compiled for the contiguous strides of the sample inputs and do not check them
+        return unwrap_outputs(self.compiled(*(x.contiguous() for x in inputs)))

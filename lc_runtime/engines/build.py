@@ -1,0 +1,281 @@
+"""``build_engines``: checkpoint folder + backend + shape profile -> an engine folder (artefacts + manifest).
+
+The folder is assembled in a hidden sibling (``.NAME.building``) and renamed into place at the end, so a failed
+or interrupted build never leaves a half-built engine that a later run could pick up. Components are loaded one
+at a time (the DiT, then the VAE, then the text encoder), each freed after its graphs are built.
+
+Where each backend traces and builds:
+    aoti      export + compile on the target device (``--device``, default CUDA when present), in ``dtype``;
+    onnx      export on the CPU (the ONNX graph is device-neutral), in ``dtype`` (fp32 for CPU inference);
+    tensorrt  export on the CPU in ``dtype`` (bf16: the strongly typed network takes its types from the ONNX),
+              plan built on the CUDA device; the intermediate ONNX files are deleted after their plan is built.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..export.profiles import ShapeProfile, resolve_profile
+from ..export.specs import COMPONENTS, GraphSpec, dit_graph_specs, text_encoder_graph_specs, vae_graph_specs
+from ..weights import CheckpointLayout
+from .manifest import (
+    BACKENDS,
+    EngineError,
+    Manifest,
+    checkpoint_hash,
+    device_arch,
+    dtype_name,
+    layout_hash,
+    library_versions,
+    weights_hash,
+)
+from .runtime import component_config
+
+SUFFIX = {"aoti": ".pt2", "onnx": ".onnx", "tensorrt": ".plan"}
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+@dataclass(frozen=True)
+class GraphBuild:
+    name: str
+    file: str
+    seconds: float
+    bytes: int
+
+
+@dataclass
+class BuildSummary:
+    folder: Path
+    backend: str
+    profile: ShapeProfile
+    dtype: str
+    device: str
+    graphs: list[GraphBuild] = field(default_factory=list)
+    load_seconds: float = 0.0
+    seconds: float = 0.0
+
+    def table(self) -> str:
+        lines = [f"{'graph':<20} {'file':<26} {'build s':>8} {'size':>10}"]
+        for g in self.graphs:
+            lines.append(f"{g.name:<20} {g.file:<26} {g.seconds:>8.1f} {_size(g.bytes):>10}")
+        lines.append(
+            f"{len(self.graphs)} graphs, {self.backend} {self.dtype} on {self.device}, profile {self.profile.name}: "
+            f"{self.seconds:.1f} s in all ({self.load_seconds:.1f} s loading weights) -> {self.folder}"
+        )
+        return "\n".join(lines)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+def _artefact_bytes(folder: Path, stem: str) -> int:
+    return sum(p.stat().st_size for p in folder.iterdir() if p.name.startswith(stem + "."))
+
+
+# ---------------------------------------------------------------------------------------------- components
+def _load_component(name: str, layout: CheckpointLayout, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    if name == "dit":
+        from ..models.dit import load_dit
+
+        return load_dit(layout.dit, device=device, dtype=dtype)
+    if name == "vae":
+        from ..models.vae import load_vae
+
+        return load_vae(layout.vae, device=device, dtype=dtype)
+    from ..models.text_encoder import TextEncoder
+
+    return TextEncoder.from_pretrained(layout.root, device=device, dtype=dtype, keep_resident=True).model
+
+
+def _specs(name: str, module: nn.Module, profile: ShapeProfile, dtype: torch.dtype) -> list[GraphSpec]:
+    if name == "dit":
+        return dit_graph_specs(profile, module.config, dtype)
+    if name == "vae":
+        return vae_graph_specs(profile, module.config, dtype)
+    return text_encoder_graph_specs(module.config.d_model, module.config.vocab_size, dtype)
+
+
+def _checkpoint_folder(name: str, layout: CheckpointLayout) -> Path:
+    return {"dit": layout.dit, "vae": layout.vae, "text_encoder": layout.text_encoder}[name]
+
+
+# ---------------------------------------------------------------------------------------------- build
+def _resolve_device(backend: str, device) -> torch.device:
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() or backend == "tensorrt" else "cpu"
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise EngineError(f"--device cuda was asked for ({backend} engines) but no CUDA device is available")
+    return device
+
+
+def _check_request(backend: str, device: torch.device, dtype: torch.dtype, out: Path, overwrite: bool) -> None:
+    if backend not in BACKENDS:
+        raise EngineError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "tensorrt":
+        from .tensorrt import import_tensorrt
+
+        import_tensorrt()
+        if device.type != "cuda":
+            raise EngineError("TensorRT engines are built and run on a CUDA device")
+    if backend == "onnx" and device.type == "cpu" and dtype != torch.float32:
+        raise EngineError("onnxruntime's CPU provider lacks bf16 kernels: build CPU ONNX engines with --dtype fp32")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise EngineError(f"{out} exists and is not empty; pass --overwrite to replace it")
+
+
+def build_engines(
+    model_dir: str | Path,
+    backend: str,
+    profile: str | ShapeProfile,
+    out: str | Path,
+    *,
+    progress: bool = True,
+    components: tuple[str, ...] | None = None,
+    graphs: tuple[str, ...] | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    batch: int | None = None,
+    overwrite: bool = False,
+    tensorrt_options=None,
+    command: str | None = None,
+) -> BuildSummary:
+    """Build ``backend`` engines of ``profile`` for the checkpoint in ``model_dir`` into the folder ``out``.
+
+    ``components``: subset of ("text_encoder", "vae", "dit") (default all); ``graphs``: subset of graph names
+    (default all of the profile); ``dtype``: default bf16 on CUDA, fp32 on the CPU; ``batch``: override the
+    profile's DiT batch (1 = no CFG). Raises ProfileError / CheckpointError / EngineError with a clear message
+    before any heavy work when the request cannot be built.
+    """
+    t_start = time.perf_counter()
+    profile = resolve_profile(profile, batch=batch)
+    out = Path(out)
+    dev = _resolve_device(backend, device)
+    dtype = dtype or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
+    _check_request(backend, dev, dtype, out, overwrite)
+    layout = CheckpointLayout(Path(model_dir))
+    layout.check()
+    components = tuple(components or COMPONENTS)
+    bad = [c for c in components if c not in COMPONENTS]
+    if bad:
+        raise EngineError(f"unknown component(s) {bad}; choose from {', '.join(COMPONENTS)}")
+    say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else (lambda msg: None)
+    manifest = Manifest(
+        backend=backend,
+        profile=profile.describe(),
+        dtype=dtype_name(dtype),
+        device=dev.type,
+        arch=device_arch(dev),
+        versions=library_versions(),
+        build_command=command or _command(model_dir, backend, profile, out, dev, dtype, components, graphs),
+    )
+    summary = BuildSummary(folder=out, backend=backend, profile=profile, dtype=manifest.dtype, device=str(dev))
+    staging = out.parent / f".{out.name}.building-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        _build_components(
+            layout, staging, manifest, summary, components=components, graphs=graphs, device=dev, dtype=dtype,
+            say=say, tensorrt_options=tensorrt_options,
+        )  # fmt: skip
+        manifest.save(staging)
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    summary.seconds = time.perf_counter() - t_start
+    say(summary.table())
+    return summary
+
+
+def _build_components(layout, staging, manifest, summary, *, components, graphs, device, dtype, say, tensorrt_options):
+    """Load each component in turn, fingerprint it into the manifest and build its graphs into ``staging``."""
+    backend, profile, dev = manifest.backend, summary.profile, device
+    export_device = dev if backend == "aoti" else torch.device("cpu")
+    wanted = set(graphs) if graphs else None
+    done = 0
+    for name in (c for c in ("dit", "vae", "text_encoder") if c in components):  # the longest builds first
+        t0 = time.perf_counter()
+        module = _load_component(name, layout, export_device, dtype)
+        summary.load_seconds += time.perf_counter() - t0
+        specs = _specs(name, module, profile, dtype)
+        if wanted is not None:
+            specs = [s for s in specs if s.name in wanted]
+        manifest.components[name] = {
+            "layout": layout_hash(component_config(name, module), module),
+            "weights": weights_hash(module),
+            "checkpoint": checkpoint_hash(_checkpoint_folder(name, layout)),
+            "source": str(_checkpoint_folder(name, layout).resolve()),
+        }
+        for spec in specs:
+            done += 1
+            say(f"[{done}] {spec.name} ({backend}, {manifest.dtype}, profile {profile.name}) ...")
+            t0 = time.perf_counter()
+            file = _build_graph(backend, spec, module, staging, export_device, dev, tensorrt_options)
+            seconds = time.perf_counter() - t0
+            size = _artefact_bytes(staging, spec.name)
+            manifest.graphs[spec.name] = {"file": file, **spec.describe(), "build_seconds": round(seconds, 2)}
+            summary.graphs.append(GraphBuild(spec.name, file, seconds, size))
+            say(f"    {spec.name}: {seconds:.1f} s, {_size(size)}")
+        del module
+        gc.collect()
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+    if wanted is not None:
+        missing = sorted(wanted - set(manifest.graphs))
+        if missing:
+            raise EngineError(f"no graph(s) {missing} in profile {profile.name} for components {list(components)}")
+
+
+def _build_graph(backend, spec: GraphSpec, module, folder: Path, export_device, device, trt_options) -> str:
+    wrapper = spec.module(module)
+    inputs = spec.sample_inputs(export_device)
+    file = spec.name + SUFFIX[backend]
+    if backend == "aoti":
+        from .aoti import build_aoti
+
+        build_aoti(wrapper, inputs, folder / file)
+    elif backend == "onnx":
+        from ..export.onnx_export import export_onnx
+
+        export_onnx(spec, wrapper, folder / file, inputs=inputs)
+    else:
+        from ..export.onnx_export import export_onnx
+        from .tensorrt import TensorRTOptions, build_tensorrt
+
+        options = trt_options or TensorRTOptions()
+        onnx_dir = folder / "onnx"
+        onnx_path = onnx_dir / f"{spec.name}.onnx"
+        export_onnx(spec, wrapper, onnx_path, inputs=inputs, decompose=options.decompose)
+        with torch.cuda.device(device):
+            build_tensorrt(onnx_path, folder / file, spec.trt_shapes(), folder / "timing.cache", options)
+        shutil.rmtree(onnx_dir)
+    return file
+
+
+def _command(model_dir, backend, profile, out, dev, dtype, components, graphs) -> str:
+    parts = ["lc-runtime build-engines", f"--model-dir {model_dir}", f"--backend {backend}"]
+    parts += [f"--profile {profile.name}", f"--out {out}", f"--device {dev.type}"]
+    parts.append(f"--dtype {'bf16' if dtype == torch.bfloat16 else 'fp32'}")
+    if profile.batch != resolve_profile(profile.name).batch:
+        parts.append(f"--batch {profile.batch}")
+    if tuple(components) != COMPONENTS:
+        parts.append(f"--components {','.join(components)}")
+    if graphs:
+        parts.append(f"--graphs {','.join(graphs)}")
+    return " ".join(parts)

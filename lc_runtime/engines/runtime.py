@@ -1,0 +1,257 @@
+"""Loading built engines and running them: :func:`load_engines`, :class:`EngineDenoiser`, :class:`StaticGraph`.
+
+    engines = load_engines("engines/480p", modules={"dit": pipe.dit}, model_dir="path/to/LongCat-Video")
+    denoise = engines.denoiser()          # a tasks.Denoiser: (latents, timestep, text, nc, kv_cache) -> v
+    kv = engines.prefill(cond_latents)    # KVCache from the dit_prefill graph
+
+``load_engines`` reads the manifest and refuses a stale or mismatched folder before touching any artefact
+(:meth:`Manifest.check`). Each graph becomes a callable ``graph(*inputs) -> tuple[outputs]`` whose inputs are
+checked against the shapes it was built for; on CUDA it is wrapped in a :class:`StaticGraph` that captures it
+into a CUDA graph on first use and replays it from static buffers afterwards (STYLE #5; ``use_cuda_graph=False``
+runs the engine directly, and gives the same numbers).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..export.profiles import ShapeProfile
+from ..export.specs import GraphSpec
+from ..models.dit import KVCache, TextContext
+from .manifest import EngineError, EngineMismatchError, Manifest
+
+Graph = Callable[..., tuple[torch.Tensor, ...]]
+
+
+class EngineShapeError(EngineError):
+    """A call whose shapes or dtypes differ from the ones the engine was built for."""
+
+
+# ---------------------------------------------------------------------------------------------- CUDA graphs
+class StaticGraph:
+    """Replays ``fn`` (fixed shapes) as a CUDA graph: inputs are copied into static buffers, the graph is
+    captured on the first call (after ``warmup`` eager runs on a side stream) and replayed afterwards.
+    Outputs are cloned, so a result stays valid after the next replay."""
+
+    def __init__(self, fn: Graph, *, warmup: int = 2):
+        self.fn, self.warmup = fn, warmup
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.static_in: list[torch.Tensor] = []
+        self.static_out: tuple[torch.Tensor, ...] = ()
+
+    def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.graph is None:
+            self._capture(inputs)
+        for buf, x in zip(self.static_in, inputs):
+            if buf.data_ptr() != x.data_ptr():
+                buf.copy_(x)
+        self.graph.replay()
+        return tuple(o.clone() for o in self.static_out)
+
+    def _capture(self, inputs) -> None:
+        self.static_in = [x.clone() for x in inputs]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(self.warmup):  # lazy initialisation (cuBLAS handles, TensorRT contexts) outside capture
+                self.fn(*self.static_in)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.static_out = self.fn(*self.static_in)
+
+
+class CheckedGraph:
+    """An engine graph that checks its inputs against the manifest before running (cheap: shapes and dtypes)."""
+
+    def __init__(self, name: str, fn: Graph, inputs: list[dict], where: str, profile: str):
+        self.name, self.fn, self.where, self.profile = name, fn, where, profile
+        self.expected = [(t["name"], tuple(t["shape"]), getattr(torch, t["dtype"])) for t in inputs]
+
+    def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if len(inputs) != len(self.expected):
+            raise EngineShapeError(f"graph {self.name} takes {len(self.expected)} inputs, got {len(inputs)}")
+        for (name, shape, dtype), x in zip(self.expected, inputs):
+            if tuple(x.shape) != shape or x.dtype != dtype:
+                raise EngineShapeError(
+                    f"engine {self.where} (profile {self.profile}) graph {self.name} takes {name} "
+                    f"{list(shape)} {str(dtype).removeprefix('torch.')}, got {list(x.shape)} "
+                    f"{str(x.dtype).removeprefix('torch.')}: build an engine for this size "
+                    "(lc-runtime build-engines --profile HxWxF, --batch 1 without CFG)"
+                )
+        return self.fn(*inputs)
+
+
+# ---------------------------------------------------------------------------------------------- denoiser
+class EngineDenoiser:
+    """A ``tasks.Denoiser`` over built DiT graphs: ``(latents, timestep, text_context, num_cond_latents, kv_cache)
+    -> velocity`` fp32, like :func:`lc_runtime.tasks.dit_denoiser` but through ``dit_forward_nc{n}`` (no cache) or
+    ``dit_decode`` (with a cache). The mode of a request is fixed, so each step is one dict lookup and one call.
+
+    ``dit`` (for aoti engines, whose weights are the model's own tensors) is watched for LoRA changes the engine
+    cannot follow: unmerged adapters (aoti) or any active LoRA (onnx/tensorrt bake the base weights).
+    """
+
+    def __init__(self, graphs: dict[str, Graph], *, backend: str, where: str, dit: nn.Module | None = None):
+        self.graphs, self.backend, self.where, self.dit = graphs, backend, where, dit
+
+    def _graph(self, name: str) -> Graph:
+        graph = self.graphs.get(name)
+        if graph is None:
+            built = ", ".join(sorted(g for g in self.graphs if g.startswith("dit_"))) or "none"
+            raise EngineShapeError(
+                f"engine {self.where} has no {name} graph (built: {built}); build a profile that includes it"
+            )
+        return graph
+
+    def _check_lora(self) -> None:
+        lora = getattr(self.dit, "lora", None)
+        if lora is None or not lora.active:
+            return
+        if self.backend != "aoti":
+            raise EngineError(
+                f"LoRA {sorted(lora.active)} is active but {self.backend} engines hold the base weights; "
+                "use an aoti engine (it runs on the model's own, merged weights)"
+            )
+        if not lora.merged:
+            raise EngineError("aoti engines run merged LoRAs only: set_loras(..., merged=True)")
+
+    def __call__(self, latents, timestep, text: TextContext, num_cond_latents: int, kv_cache: KVCache | None):
+        self._check_lora()
+        B, _, T = latents.shape[:3]
+        t = timestep.float()
+        if t.dim() == 0:
+            t = t.expand(B)
+        if t.dim() == 1:  # [B] -> [B, T]: the DiT broadcasts a per-sample timestep over the frames the same way
+            t = t[:, None].expand(B, T)
+        inputs = [latents, t.contiguous(), text.k, text.v]
+        if text.mask is not None:
+            inputs.append(text.mask)
+        if kv_cache is not None:
+            return self._graph("dit_decode")(*inputs, kv_cache.k, kv_cache.v)[0]
+        return self._graph(f"dit_forward_nc{num_cond_latents}")(*inputs)[0]
+
+    def prefill(self, cond_latents: torch.Tensor) -> KVCache:
+        self._check_lora()
+        k, v = self._graph("dit_prefill")(cond_latents)
+        return KVCache(k, v)
+
+
+# ---------------------------------------------------------------------------------------------- loading
+@dataclasses.dataclass
+class Engines:
+    """A loaded engine folder: its manifest and one callable per graph."""
+
+    folder: Path
+    manifest: Manifest
+    graphs: dict[str, Graph]
+    modules: dict[str, nn.Module]
+
+    def denoiser(self) -> EngineDenoiser:
+        dit_graphs = {k: v for k, v in self.graphs.items() if k.startswith("dit_")}
+        if not dit_graphs:
+            raise EngineError(f"engine {self.folder} has no DiT graphs")
+        return EngineDenoiser(
+            dit_graphs, backend=self.manifest.backend, where=str(self.folder), dit=self.modules.get("dit")
+        )
+
+    def prefill(self, cond_latents: torch.Tensor) -> KVCache:
+        return self.denoiser().prefill(cond_latents)
+
+
+def component_config(name: str, module: nn.Module) -> dict:
+    """The architecture-defining config of a component, as JSON-able dict (the layout fingerprint's config)."""
+    if name == "text_encoder":
+        c = module.config
+        keys = ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads", "feed_forward_proj")
+        keys += ("relative_attention_num_buckets", "relative_attention_max_distance", "layer_norm_epsilon")
+        return {k: getattr(c, k) for k in keys}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(module.config).items()}
+
+
+def graph_specs_for(manifest: Manifest, modules: dict[str, nn.Module]) -> dict[str, GraphSpec]:
+    """Re-derive the graph specs of a manifest (for the wrapper modules that aoti binds weights through)."""
+    from ..export.specs import dit_graph_specs, text_encoder_graph_specs, vae_graph_specs
+
+    profile = ShapeProfile.from_description(manifest.profile)
+    dtype = getattr(torch, manifest.dtype)
+    specs: list[GraphSpec] = []
+    if "dit" in modules:
+        specs += dit_graph_specs(profile, modules["dit"].config, dtype)
+    if "vae" in modules:
+        specs += vae_graph_specs(profile, modules["vae"].config, dtype)
+    if "text_encoder" in modules:
+        m = modules["text_encoder"]
+        specs += text_encoder_graph_specs(m.config.d_model, m.config.vocab_size, dtype)
+    return {s.name: s for s in specs}
+
+
+def load_engines(
+    folder: str | Path,
+    *,
+    modules: dict[str, nn.Module],
+    model_dir: str | Path | None = None,
+    device: torch.device | str | None = None,
+    graphs: Iterable[str] | None = None,
+    use_cuda_graph: bool | None = None,
+) -> Engines:
+    """Load the graphs of an engine folder that belong to the given components.
+
+    ``modules``: the loaded components, ``{"dit": LongCatDiT, "vae": WanVAE, "text_encoder": UMT5EncoderModel}``
+    (any subset): their layouts are checked, and aoti graphs run on their tensors. ``model_dir``: the checkpoint
+    folder, whose content must match for backends that bake the weights. ``graphs``: a subset of graph names.
+    ``use_cuda_graph``: default on for CUDA devices.
+    """
+    folder = Path(folder)
+    manifest = Manifest.load(folder)
+    if not modules:
+        raise EngineError("load_engines needs the loaded components (modules={'dit': ..., ...})")
+    device = torch.device(device if device is not None else next(next(iter(modules.values())).parameters()).device)
+    dtypes = {next(m.parameters()).dtype for m in modules.values()}
+    wanted = [g for g, rec in manifest.graphs.items() if rec["component"] in modules]
+    wanted = list(graphs) if graphs is not None else wanted
+    checkpoints = None
+    if model_dir is not None:
+        checkpoints = {c: Path(model_dir) / c for c in modules if c in manifest.components}
+    manifest.check(
+        folder,
+        device=device,
+        dtype=dtypes.pop() if len(dtypes) == 1 else None,
+        modules={c: (component_config(c, m), m) for c, m in modules.items()},
+        checkpoints=checkpoints,
+        graphs=wanted,
+    )
+    capture = device.type == "cuda" if use_cuda_graph is None else use_cuda_graph
+    specs = graph_specs_for(manifest, modules) if manifest.backend == "aoti" else {}
+    loaded = {}
+    for name in wanted:
+        rec = manifest.graphs[name]
+        fn = _open_graph(manifest, folder, name, rec, modules, specs, device, capture)
+        if capture:
+            fn = StaticGraph(fn)
+        loaded[name] = CheckedGraph(name, fn, rec["inputs"], str(folder), manifest.profile["name"])
+    return Engines(folder=folder, manifest=manifest, graphs=loaded, modules=dict(modules))
+
+
+def _open_graph(manifest, folder, name, rec, modules, specs, device, capture) -> Graph:
+    path = folder / rec["file"]
+    if manifest.backend == "aoti":
+        from .aoti import AOTIGraph
+
+        if name not in specs:
+            raise EngineMismatchError(f"engine {folder}: graph {name} does not fit the given model; rebuild it")
+        wrapper = specs[name].module(modules[rec["component"]])
+        return AOTIGraph(path, wrapper, device=device, single_threaded=capture)
+    if manifest.backend == "onnx":
+        from .onnx import OnnxGraph
+
+        return OnnxGraph(path, rec["outputs"], device=device)
+    from .tensorrt import TensorRTGraph
+
+    plugins = tuple(str(folder / p) for p in manifest.graphs[name].get("plugins", ()))
+    return TensorRTGraph(path, rec["inputs"], rec["outputs"], device=device, plugins=plugins)

@@ -1,0 +1,313 @@
+"""Block-sparse 3-D attention of the refinement stage (SPEC §5), as the op ``lc_runtime::block_sparse_attention``.
+
+Layout: ``q`` is [B, H, Sq, D], ``k`` and ``v`` are [B, H, Sk, D]; the sequence axis is the (t, h, w) raster order of
+the latent token grid (``latent_shape_q`` = (T, H, W) tokens for the queries, ``latent_shape_k`` for the keys, which
+may differ: the conditioned calls attend noise queries to cond+noise keys). Any strides are accepted as long as the
+grid divides by ``chunk_3d_shape``.
+
+Algorithm (the original's inference path):
+1. cut each grid into 3-D blocks of ``chunk_3d_shape`` tokens (4x4x4 = 64), block index (t, h, w) row-major,
+   token order inside a block (t, h, w);
+2. gate: mean-pool q and k per block, pooled means rounded to the input dtype, scores = q̄·k̄ᵀ in fp32, no scale;
+3. select per (batch, head, query block): top ``int((1 - sparsity) * Nk_blk)`` key blocks in descending score order
+   (topk mode), or the smallest prefix of the descending softmax(score / sqrt(D)) whose cumulative sum stays
+   <= ``cdf_threshold`` (cdf mode), or the longer of the two (both given);
+4. exact softmax attention (scale 1/sqrt(D)) of each query block over the union of its selected key blocks;
+5. write the output back in raster order.
+
+Variable selection counts (cdf modes) use a padded representation: ``indices`` [B, H, Nq_blk, K_max] sorted by
+descending score and ``counts`` [B, H, Nq_blk]; only the first ``counts`` entries of a row are selected. Shapes
+never depend on data, so the op traces under torch.compile / torch.export and captures in CUDA graphs.
+
+One deliberate deviation: a query block always keeps at least one key block (the formulas above can give 0 for tiny
+grids or a cdf threshold below the top block's mass; the original then divides 0 by 0 and returns NaN).
+
+CUDA runs the selection in torch (pooling straight from the raster layout) and the Triton kernel of
+``triton_bsa.py`` (rows gathered straight from the raster layout, no reorder copies; key blocks in ascending order,
+key-range passes sized to the L2); every other device runs the fp32 PyTorch reference ``block_sparse_attention_ref``.
+"""
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+__all__ = [
+    "ascending_selection",
+    "block_sparse_attention",
+    "block_sparse_attention_ref",
+    "num_selected_blocks",
+    "reorder_from_blocks",
+    "reorder_to_blocks",
+    "select_blocks",
+    "select_blocks_raster",
+    "sparse_attention_ref",
+]
+
+DEFAULT_CHUNK = (4, 4, 4)
+
+
+def _block_grid(latent_shape: Sequence[int], chunk_3d_shape: Sequence[int], seq_len: int, what: str):
+    """(Nt, Nh, Nw) blocks of a (T, H, W) token grid; ValueError naming the shapes when they don't fit."""
+    shape, chunk = tuple(int(s) for s in latent_shape), tuple(int(c) for c in chunk_3d_shape)
+    if len(shape) != 3 or len(chunk) != 3 or min(shape) < 1 or min(chunk) < 1:
+        raise ValueError(f"{what}: latent shape {shape} and chunk_3d_shape {chunk} must be 3 positive ints (T, H, W)")
+    if math.prod(shape) != seq_len:
+        raise ValueError(f"{what}: latent shape {shape} has {math.prod(shape)} tokens but the sequence has {seq_len}")
+    if any(s % c for s, c in zip(shape, chunk)):
+        raise ValueError(f"{what}: latent shape {shape} is not divisible by chunk_3d_shape {chunk}")
+    return tuple(s // c for s, c in zip(shape, chunk))
+
+
+def reorder_to_blocks(x: torch.Tensor, latent_shape: Sequence[int], chunk_3d_shape=DEFAULT_CHUNK) -> torch.Tensor:
+    """[B, H, S, D] in (t, h, w) raster order -> [B, H, S, D] in 3-D block order (a copy).
+
+    Block n = (bt, bh, bw) row-major occupies rows [n * blk, (n + 1) * blk), blk = prod(chunk_3d_shape), with its
+    tokens in (t, h, w) order. Raises ValueError when the grid is not divisible by the chunk.
+    """
+    b, h, s, d = x.shape
+    nt, nh, nw = _block_grid(latent_shape, chunk_3d_shape, s, "reorder_to_blocks")
+    ct, ch, cw = (int(c) for c in chunk_3d_shape)
+    x = x.unflatten(2, (nt, ct, nh, ch, nw, cw)).permute(0, 1, 2, 4, 6, 3, 5, 7, 8)
+    return x.reshape(b, h, s, d)
+
+
+def reorder_from_blocks(x: torch.Tensor, latent_shape: Sequence[int], chunk_3d_shape=DEFAULT_CHUNK) -> torch.Tensor:
+    """Inverse of :func:`reorder_to_blocks`: [B, H, S, D] block order -> raster order (a copy)."""
+    b, h, s, d = x.shape
+    nt, nh, nw = _block_grid(latent_shape, chunk_3d_shape, s, "reorder_from_blocks")
+    ct, ch, cw = (int(c) for c in chunk_3d_shape)
+    x = x.unflatten(2, (nt, nh, nw, ct, ch, cw)).permute(0, 1, 2, 5, 3, 6, 4, 7, 8)
+    return x.reshape(b, h, s, d)
+
+
+def num_selected_blocks(num_key_blocks: int, sparsity: float) -> int:
+    """Top-k count of SPEC §5 step 3, ``int((1 - sparsity) * Nk_blk)``, kept >= 1 (see the module note)."""
+    return max(1, int((1 - sparsity) * num_key_blocks))
+
+
+def _pooled_mean(x: torch.Tensor, dims: tuple[int, ...], count: int) -> torch.Tensor:
+    # The original pools in the input dtype (bf16): the mean is accumulated in fp32 and rounded once to bf16.
+    # Summing in fp32 and dividing by a power of two reproduces that rounding; the result goes back to fp32 because
+    # the scores must be accumulated and kept in fp32 (rounding them to bf16 creates ties and changes the top-k).
+    return (x.sum(dim=dims, dtype=torch.float32) / count).to(x.dtype).float()
+
+
+def _select_from_means(q_mean, k_mean, sparsity, cdf_threshold):
+    """q_mean [B, H, Nq, D], k_mean [B, H, Nk, D] (fp32) -> (indices [B, H, Nq, K_max] int64, counts [B, H, Nq])."""
+    if sparsity is None and cdf_threshold is None:
+        raise ValueError("block-sparse attention needs sparsity, cdf_threshold or both; got neither")
+    scores = torch.matmul(q_mean, k_mean.transpose(-1, -2))  # fp32, no scale (SPEC §5 step 2)
+    nk = scores.shape[-1]
+    if cdf_threshold is None:
+        k_sel = num_selected_blocks(nk, sparsity)
+        indices = torch.topk(scores, k_sel, dim=-1, largest=True, sorted=True).indices
+        counts = torch.full(scores.shape[:-1], k_sel, dtype=torch.int64, device=scores.device)
+        return indices, counts
+    probs = torch.softmax(scores / math.sqrt(q_mean.shape[-1]), dim=-1)
+    probs, indices = torch.sort(probs, dim=-1, descending=True)
+    cdf = torch.cumsum(probs, dim=-1)
+    # searchsorted(cdf, thr, right=True) == number of cdf entries <= thr, since a cumsum of non-negative fp32
+    # values never decreases; the sum form keeps the graph free of an extra scalar tensor.
+    counts = (cdf <= cdf_threshold).sum(dim=-1)
+    if sparsity is not None:
+        counts = counts.clamp(min=num_selected_blocks(nk, sparsity))
+    return indices, counts.clamp(min=1, max=nk)
+
+
+def select_blocks(
+    q_blocks: torch.Tensor,
+    k_blocks: torch.Tensor,
+    block_size_q: int = 64,
+    block_size_k: int = 64,
+    sparsity: float | None = 0.9375,
+    cdf_threshold: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gating and selection of SPEC §5 steps 2-3 on block-ordered inputs.
+
+    q_blocks [B, H, Sq, D] and k_blocks [B, H, Sk, D] in block order (:func:`reorder_to_blocks`).
+    Returns ``indices`` int64 [B, H, Nq_blk, K_max], key blocks in descending score order, and ``counts`` int64
+    [B, H, Nq_blk]: row (b, h, i) selects ``indices[b, h, i, :counts[b, h, i]]``. K_max = K_sel in topk mode
+    (every count equals it) and Nk_blk in the cdf modes.
+    """
+    b, h, sq, d = q_blocks.shape
+    sk = k_blocks.shape[2]
+    if sq % block_size_q or sk % block_size_k:
+        raise ValueError(
+            f"select_blocks: sequence lengths q {sq} / k {sk} are not multiples of the block sizes "
+            f"{block_size_q} / {block_size_k}"
+        )
+    q_mean = _pooled_mean(q_blocks.unflatten(2, (sq // block_size_q, block_size_q)), (3,), block_size_q)
+    k_mean = _pooled_mean(k_blocks.unflatten(2, (sk // block_size_k, block_size_k)), (3,), block_size_k)
+    return _select_from_means(q_mean, k_mean, sparsity, cdf_threshold)
+
+
+def select_blocks_raster(
+    q, k, latent_shape_q, latent_shape_k, sparsity=0.9375, cdf_threshold=None, chunk=DEFAULT_CHUNK
+):
+    """Same selection as :func:`select_blocks`, pooled straight from raster-ordered [B, H, S, D] (no reorder copy)."""
+    nbq = _block_grid(latent_shape_q, chunk, q.shape[2], "q")
+    nbk = _block_grid(latent_shape_k, chunk, k.shape[2], "k")
+    ct, ch, cw = (int(c) for c in chunk)
+    blk = ct * ch * cw
+
+    def means(x, nb):
+        grid = x.unflatten(2, (nb[0], ct, nb[1], ch, nb[2], cw))
+        return _pooled_mean(grid, (3, 5, 7), blk).flatten(2, 4)
+
+    return _select_from_means(means(q, nbq), means(k, nbk), sparsity, cdf_threshold)
+
+
+def ascending_selection(indices: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """[B, H, Nq_blk, K_max] selection with each row's first ``counts`` blocks sorted ascending (padding slots: 0).
+
+    The CUDA kernel visits blocks in this order: its key-range passes need it (each pass takes a contiguous run of
+    the list), and programs running together then read K/V in the same direction. Only the accumulation order
+    changes (SPEC §12: the kernel's accumulation order is not specified).
+    """
+    valid = torch.arange(indices.shape[-1], device=indices.device) < counts.unsqueeze(-1)
+    ordered = torch.sort(torch.where(valid, indices, torch.iinfo(indices.dtype).max), dim=-1).values
+    return torch.where(valid, ordered, 0)  # the first counts slots are the selected blocks, sorted
+
+
+def sparse_attention_ref(
+    q_blocks: torch.Tensor,
+    k_blocks: torch.Tensor,
+    v_blocks: torch.Tensor,
+    indices: torch.Tensor,
+    counts: torch.Tensor,
+    block_size_q: int = 64,
+    block_size_k: int = 64,
+    *,
+    upcast: bool = True,
+) -> torch.Tensor:
+    """Exact attention of each query block over its selected key blocks (SPEC §5 step 4), block order in and out.
+
+    Dense scores with a block mask: O(Sq * Sk) memory, meant for CPU sizes and checks. ``upcast=True`` does the math
+    in fp32 and returns fp32; ``upcast=False`` computes in the input dtype (the "bf16 torch" yardstick of the
+    tolerance rule, STYLE #9). Returns [B, H, Sq, D].
+    """
+    b, h, sq, d = q_blocks.shape
+    sk = k_blocks.shape[2]
+    nq, nk = sq // block_size_q, sk // block_size_k
+    valid = torch.arange(indices.shape[-1], device=indices.device) < counts.unsqueeze(-1)
+    target = torch.where(valid, indices, nk)  # unselected padding slots land in a dropped extra column
+    block_mask = torch.zeros(b, h, nq, nk + 1, dtype=torch.bool, device=q_blocks.device)
+    block_mask = block_mask.scatter(-1, target, True)[..., :nk]
+    mask = block_mask.repeat_interleave(block_size_q, dim=2).repeat_interleave(block_size_k, dim=3)
+    dtype = torch.float32 if upcast else q_blocks.dtype
+    scores = torch.matmul(q_blocks.to(dtype), k_blocks.to(dtype).transpose(-1, -2)) * (1.0 / math.sqrt(d))
+    probs = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+    return torch.matmul(probs, v_blocks.to(dtype))
+
+
+def block_sparse_attention_ref(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    latent_shape_q: Sequence[int],
+    latent_shape_k: Sequence[int],
+    sparsity: float | None = 0.9375,
+    cdf_threshold: float | None = None,
+    chunk_3d_shape: Sequence[int] = DEFAULT_CHUNK,
+) -> torch.Tensor:
+    """Pure-PyTorch block-sparse attention: raster [B, H, Sq, D] q and [B, H, Sk, D] k, v -> [B, H, Sq, D].
+
+    Selection in the input dtype's rounding (as the original), attention math in fp32; returns q.dtype.
+    """
+    blk = math.prod(int(c) for c in chunk_3d_shape)
+    qb = reorder_to_blocks(q, latent_shape_q, chunk_3d_shape)
+    kb = reorder_to_blocks(k, latent_shape_k, chunk_3d_shape)
+    vb = reorder_to_blocks(v, latent_shape_k, chunk_3d_shape)
+    indices, counts = select_blocks(qb, kb, blk, blk, sparsity, cdf_threshold)
+    out = sparse_attention_ref(qb, kb, vb, indices, counts, blk, blk, upcast=True)
+    return reorder_from_blocks(out, latent_shape_q, chunk_3d_shape).to(q.dtype)
+
+
+def _check_inputs(q, k, v, latent_shape_q, latent_shape_k, sparsity, cdf_threshold, chunk_3d_shape):
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(f"q, k, v must be [B, H, S, D]; got {list(q.shape)}, {list(k.shape)}, {list(v.shape)}")
+    if k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[3] != k.shape[3]:
+        raise ValueError(
+            f"q [B, H, Sq, D] and k, v [B, H, Sk, D] disagree: {list(q.shape)}, {list(k.shape)}, {list(v.shape)}"
+        )
+    if not (q.dtype == k.dtype == v.dtype) or not (q.device == k.device == v.device):
+        raise ValueError(f"q, k, v need one dtype and device; got {q.dtype, k.dtype, v.dtype}, {q.device}")
+    _block_grid(latent_shape_q, chunk_3d_shape, q.shape[2], "q")
+    _block_grid(latent_shape_k, chunk_3d_shape, k.shape[2], "k")
+    if sparsity is None and cdf_threshold is None:
+        raise ValueError("block-sparse attention needs sparsity, cdf_threshold or both; got neither")
+    if sparsity is not None and not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"sparsity must be in [0, 1); got {sparsity}")
+    if cdf_threshold is not None and not 0.0 < cdf_threshold <= 1.0:
+        raise ValueError(f"cdf_threshold must be in (0, 1]; got {cdf_threshold}")
+
+
+def _empty_output(q: torch.Tensor) -> torch.Tensor:
+    """The op's output: q's layout when q is dense with unit stride along D (e.g. a [B, S, H, D] buffer seen as
+    [B, H, S, D], so the caller's transpose back is free), else contiguous [B, H, S, D]."""
+    out = torch.empty_like(q)
+    return out if out.stride(-1) == 1 else torch.empty(q.shape, dtype=q.dtype, device=q.device)
+
+
+@torch.library.custom_op("lc_runtime::block_sparse_attention", mutates_args=())
+def _bsa_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    latent_shape_q: Sequence[int],
+    latent_shape_k: Sequence[int],
+    sparsity: float | None,
+    cdf_threshold: float | None,
+    chunk_3d_shape: Sequence[int],
+) -> torch.Tensor:
+    # Any device but CUDA: the fp32 reference, copied into the layout register_fake promises.
+    ref = block_sparse_attention_ref(q, k, v, latent_shape_q, latent_shape_k, sparsity, cdf_threshold, chunk_3d_shape)
+    return _empty_output(q).copy_(ref)
+
+
+@_bsa_op.register_kernel("cuda")
+def _bsa_cuda(q, k, v, latent_shape_q, latent_shape_k, sparsity, cdf_threshold, chunk_3d_shape):
+    from lc_runtime.ops import triton_bsa  # triton is only needed (and importable) on CUDA machines
+
+    indices, counts = select_blocks_raster(
+        q, k, latent_shape_q, latent_shape_k, sparsity, cdf_threshold, chunk_3d_shape
+    )
+    out = _empty_output(q)
+    return triton_bsa.bsa_forward(q, k, v, indices, counts, latent_shape_q, latent_shape_k, chunk_3d_shape, out=out)
+
+
+@_bsa_op.register_fake
+def _bsa_fake(q, k, v, latent_shape_q, latent_shape_k, sparsity, cdf_threshold, chunk_3d_shape):
+    return _empty_output(q)
+
+
+def block_sparse_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    latent_shape_q: Sequence[int],
+    latent_shape_k: Sequence[int],
+    sparsity: float | None = 0.9375,
+    cdf_threshold: float | None = None,
+    chunk_3d_shape: Sequence[int] = DEFAULT_CHUNK,
+) -> torch.Tensor:
+    """Block-sparse attention (SPEC §5) through the custom op ``torch.ops.lc_runtime.block_sparse_attention``.
+
+    q [B, H, Sq, D], k and v [B, H, Sk, D], raster (t, h, w) token order with Sq = prod(latent_shape_q) and
+    Sk = prod(latent_shape_k), both grids divisible by ``chunk_3d_shape``. ``sparsity`` selects the top
+    ``int((1 - sparsity) * Nk_blk)`` key blocks per query block; ``cdf_threshold`` (with ``sparsity=None``) selects
+    by cumulative softmax mass; both: the larger count. Returns [B, H, Sq, D] in q's dtype (laid out like q when q
+    is dense). Raises ValueError on inconsistent shapes.
+    """
+    _check_inputs(q, k, v, latent_shape_q, latent_shape_k, sparsity, cdf_threshold, chunk_3d_shape)
+    return _bsa_op(
+        q,
+        k,
+        v,
+        [int(s) for s in latent_shape_q],
+        [int(s) for s in latent_shape_k],
+        None if sparsity is None else float(sparsity),
+        None if cdf_threshold is None else float(cdf_threshold),
+        [int(c) for c in chunk_3d_shape],
+    )

@@ -1,0 +1,342 @@
+"""Triton forward kernel of block-sparse 3-D attention (SPEC §5 step 4); the op lives in block_sparse_attention.py.
+
+Design note
+-----------
+What it fuses: the raster -> 3-D block reorder of q, k, v, the sparse attention itself (QKᵀ, online softmax,
+PV, normalisation) and the block -> raster reorder of the output. The original kernel needed four full copies
+around it (reorder q, k, v, un-reorder o: ~11 GB of traffic at 168,960 tokens x 32 heads); here a program computes
+the raster token index of every row of a 3-D block from the block coordinates and gathers rows directly. Rows of a
+4x4x4 block are 16 runs of 4 consecutive tokens, i.e. 1 KiB contiguous runs for a [B, H, S, D] bf16 layout with
+D = 128 (256 B runs for a [B, S, H, D] layout): 16-byte cp.async copies, coalesced, no TMA box needed.
+
+Launch shape: grid (Nq_blk, B * H); one program per (query block, batch·head), BLOCK_M = block size = 64 rows.
+Query blocks are the fastest grid axis, so the programs resident at one time all read the same head's K/V.
+
+Per program: load the 64 x D query tile once; loop over its selected key blocks in ascending block order, N_SUB
+blocks (64 * N_SUB keys) per iteration: S = Q Kᵀ (bf16 in, fp32 acc, wgmma on Hopper), online softmax in base 2
+(scale folded into log2(e) / sqrt(D)), P rounded to the input dtype, O += P V in fp32; finally O / rowsum, stored in
+the input dtype. Per-row block counts come from the selection (constant in topk mode, varying in the cdf modes);
+when N_SUB > 1 and a count is not a multiple of N_SUB, one last iteration masks the missing sub-blocks (scores ->
+-inf); full iterations carry no mask.
+
+Memory traffic: K and V tiles of every selected block, once per query block: 2 * Sq/64 * K_sel * 64 * D * 2 bytes
+per head, ~456 GB in all at the 720p refine shape (32 heads, 168,960 tokens, K_sel = 165), against 4 GB for Q, K, V
+and O. Arithmetic intensity is 64 FLOP per gathered byte, so the kernel lives on L2 bandwidth, and on HBM bandwidth
+for every gather that misses L2. One head's K and V are 86.5 MB there, more than the L2 (50 MB on H100, 60 MB on
+H200). Key-range passes (``kv_passes`` = R > 1) fix that: pass r only visits the selected blocks in the r-th slice of
+the key range (the list is ascending, so that is a contiguous sub-range of it), so the programs of a head share a
+working set of 86.5 / R MB that stays in L2; the online-softmax state (m, l and the fp32 accumulator) is carried
+between passes through an fp32 scratch ([B*H, Sq, D], 2.8 GB at that shape), which costs ~5.5 GB of traffic per
+extra pass. The result is bitwise that of one pass (same order, the state is stored in fp32).
+
+Pipelining: the K/V loads depend on the index load (one level of indirection). Compiled for sm_90 with Triton 3.6,
+num_stages <= 4 gives double-buffered K/V issued one iteration ahead (82 KB of shared memory at N_SUB = 1: two
+programs per SM), num_stages >= 5 triple-buffered, two iterations ahead (115 KB: one program per SM).
+
+Limits: block size prod(chunk_3d_shape) must be a power of two >= 16 (tl.dot tile), D one of 16..256 (power of
+two), q/k/v must have unit stride along D (other strides are free); sizes must be exact multiples (no boundary
+checks: the op validates shapes first). Forward only, no log-sum-exp output, no dropout, no causal mask.
+"""
+
+import functools
+import math
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from lc_runtime.ops.block_sparse_attention import ascending_selection
+
+_LOG2E = 1.4426950408889634
+
+
+@dataclass(frozen=True)
+class BsaKernelConfig:
+    """Launch parameters. n_sub: key blocks per loop iteration (tile width 64 * n_sub keys); kv_passes: key-range
+    passes (None: as many as keep a head's K/V slice within half the L2, see the design note)."""
+
+    n_sub: int = 1
+    num_warps: int = 4
+    num_stages: int = 3
+    kv_passes: int | None = None
+
+
+# The original's preset for 64-token blocks (num_warps 4, num_stages 3; SPEC §5 step 4) until bench/bench_bsa.py's
+# sweep on an H100/H200 says otherwise.
+DEFAULT_CONFIG = BsaKernelConfig()
+
+
+@triton.jit
+def _attend_tile(
+    q,
+    m_i,
+    l_i,
+    acc,
+    slot0,
+    end,
+    idx_row,
+    k_base,
+    v_base,
+    stride_ks,
+    stride_vs,
+    k_rows_in_block,
+    sub,
+    offs_d,
+    k_blocks_h,
+    k_blocks_w,
+    k_grid_h,
+    k_grid_w,
+    qk_scale,
+    CT: tl.constexpr,
+    CH: tl.constexpr,
+    CW: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    MASKED: tl.constexpr,
+):
+    # One tile of N_SUB selected key blocks: row r of the tile belongs to the block in list slot slot0 + sub[r].
+    slot = slot0 + sub
+    if MASKED:
+        valid = slot < end
+        blk = tl.load(idx_row + slot, mask=valid, other=0)
+    else:
+        blk = tl.load(idx_row + slot)
+    bt = blk // (k_blocks_h * k_blocks_w)
+    bh = (blk // k_blocks_w) % k_blocks_h
+    bw = blk % k_blocks_w
+    first_token = (bt * CT * k_grid_h + bh * CH) * k_grid_w + bw * CW
+    rows = (first_token + k_rows_in_block).to(tl.int64)
+    k = tl.load(k_base + rows[:, None] * stride_ks + offs_d[None, :])
+    s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+    if MASKED:
+        s = tl.where(valid[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+    p = tl.math.exp2(s * qk_scale - m_new[:, None])
+    alpha = tl.math.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    v = tl.load(v_base + rows[:, None] * stride_vs + offs_d[None, :])
+    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PRECISION)
+    return m_new, l_i, acc
+
+
+# Grid sizes and index strides vary per call and gain nothing from value specialization (1 / multiple of 16):
+# leaving them unspecialized keeps one compiled variant per (dtype, config, chunk, head_dim, data strides).
+_NO_SPECIALIZE = ["stride_ib", "stride_ih", "stride_iq", "stride_cb", "stride_ch", "num_heads", "seq_q"]
+_NO_SPECIALIZE += [f"{w}_{a}" for w in ("q_grid", "q_blocks", "k_grid", "k_blocks") for a in ("h", "w")]
+
+
+@triton.jit(do_not_specialize=_NO_SPECIALIZE)
+def _bsa_fwd_kernel(
+    Q,
+    K,
+    V,
+    O,
+    IDX,
+    START,
+    END,
+    ACC,
+    M_STATE,
+    L_STATE,
+    stride_qb,
+    stride_qh,
+    stride_qs,
+    stride_kb,
+    stride_kh,
+    stride_ks,
+    stride_vb,
+    stride_vh,
+    stride_vs,
+    stride_ob,
+    stride_oh,
+    stride_os,
+    stride_ib,
+    stride_ih,
+    stride_iq,
+    stride_cb,
+    stride_ch,
+    num_heads,
+    seq_q,
+    qk_scale,
+    q_grid_h,
+    q_grid_w,
+    q_blocks_h,
+    q_blocks_w,
+    k_grid_h,
+    k_grid_w,
+    k_blocks_h,
+    k_blocks_w,
+    CT: tl.constexpr,
+    CH: tl.constexpr,
+    CW: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    N_SUB: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    FIRST: tl.constexpr,
+    LAST: tl.constexpr,
+):
+    BLOCK: tl.constexpr = CT * CH * CW
+    qblk = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // num_heads).to(tl.int64)
+    h = (pid_bh % num_heads).to(tl.int64)
+
+    # Row r of a block is token (r // (CH*CW), (r // CW) % CH, r % CW) of the chunk: SPEC §5 step 1 order.
+    r = tl.arange(0, BLOCK)
+    offs_d = tl.arange(0, HEAD_DIM)
+    qt = qblk // (q_blocks_h * q_blocks_w)
+    qh = (qblk // q_blocks_w) % q_blocks_h
+    qw = qblk % q_blocks_w
+    q_rows = ((qt * CT + r // (CH * CW)) * q_grid_h + qh * CH + (r // CW) % CH) * q_grid_w + qw * CW + r % CW
+    q_rows = q_rows.to(tl.int64)
+    q = tl.load(Q + b * stride_qb + h * stride_qh + q_rows[:, None] * stride_qs + offs_d[None, :])
+
+    # Key tile rows: N_SUB blocks side by side; offset of each row from its block's first token.
+    rn = tl.arange(0, BLOCK * N_SUB)
+    sub = rn // BLOCK
+    rk = rn % BLOCK
+    k_rows_in_block = ((rk // (CH * CW)) * k_grid_h + (rk // CW) % CH) * k_grid_w + rk % CW
+    k_base = K + b * stride_kb + h * stride_kh
+    v_base = V + b * stride_vb + h * stride_vh
+    idx_row = IDX + b * stride_ib + h * stride_ih + qblk.to(tl.int64) * stride_iq
+    sel = b * stride_cb + h * stride_ch + qblk
+    end = tl.load(END + sel)
+    # online-softmax state: fresh, or carried from the previous key-range pass (fp32, rows in raster order)
+    state_rows = pid_bh.to(tl.int64) * seq_q + q_rows
+    if FIRST:
+        start = 0
+        m_i = tl.full([BLOCK], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK], tl.float32)
+        acc = tl.zeros([BLOCK, HEAD_DIM], tl.float32)
+    else:
+        start = tl.load(START + sel)
+        m_i = tl.load(M_STATE + state_rows)
+        l_i = tl.load(L_STATE + state_rows)
+        acc = tl.load(ACC + state_rows[:, None] * HEAD_DIM + offs_d[None, :])
+
+    n_full = (end - start) // N_SUB
+    for it in range(0, n_full):
+        m_i, l_i, acc = _attend_tile(
+            q, m_i, l_i, acc, start + it * N_SUB, end, idx_row, k_base, v_base, stride_ks, stride_vs,
+            k_rows_in_block, sub, offs_d, k_blocks_h, k_blocks_w, k_grid_h, k_grid_w, qk_scale, CT, CH, CW,
+            DOT_PRECISION, MASKED=False,
+        )  # fmt: skip
+    if N_SUB > 1:  # noqa: SIM102 (a constexpr test of its own: the tail code is not even compiled for N_SUB == 1)
+        if start + n_full * N_SUB < end:
+            m_i, l_i, acc = _attend_tile(
+                q, m_i, l_i, acc, start + n_full * N_SUB, end, idx_row, k_base, v_base, stride_ks, stride_vs,
+                k_rows_in_block, sub, offs_d, k_blocks_h, k_blocks_w, k_grid_h, k_grid_w, qk_scale, CT, CH, CW,
+                DOT_PRECISION, MASKED=True,
+            )  # fmt: skip
+
+    if LAST:
+        out = acc / l_i[:, None]
+        o_ptrs = O + b * stride_ob + h * stride_oh + q_rows[:, None] * stride_os + offs_d[None, :]
+        tl.store(o_ptrs, out.to(O.dtype.element_ty))
+    else:
+        tl.store(M_STATE + state_rows, m_i)
+        tl.store(L_STATE + state_rows, l_i)
+        tl.store(ACC + state_rows[:, None] * HEAD_DIM + offs_d[None, :], acc)
+
+
+@functools.lru_cache
+def _l2_bytes(device_index: int) -> int:
+    return getattr(torch.cuda.get_device_properties(device_index), "L2_cache_size", 0)
+
+
+def auto_kv_passes(k: torch.Tensor) -> int:
+    """Key-range passes that keep one head's K+V slice within half the L2 (1 on CPU / when it already fits)."""
+    if not k.is_cuda:
+        return 1
+    l2 = _l2_bytes(k.device.index if k.device.index is not None else torch.cuda.current_device())
+    kv_head = 2 * k.shape[2] * k.shape[3] * k.element_size()
+    return 1 if l2 <= 0 else max(1, min(8, math.ceil(kv_head / (0.5 * l2))))
+
+
+def bsa_forward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    indices: torch.Tensor,
+    counts: torch.Tensor,
+    latent_shape_q,
+    latent_shape_k,
+    chunk_3d_shape,
+    config: BsaKernelConfig | None = None,
+    out: torch.Tensor | None = None,
+    *,
+    order: str = "sort",
+) -> torch.Tensor:
+    """Sparse attention of raster-ordered q [B, H, Sq, D] over k, v [B, H, Sk, D] and a block selection.
+
+    ``indices`` [B, H, Nq_blk, K_max] (key blocks, row-major (t, h, w) block numbering) and ``counts``
+    [B, H, Nq_blk] as returned by ``select_blocks``; row (b, h, i) uses ``indices[b, h, i, :counts[b, h, i]]``.
+    ``order``: "sort" sorts each row ascending first (what the op runs), "sorted" promises it already is
+    (``ascending_selection``), "as_given" keeps the given order (one pass only; for measurements).
+    Returns [B, H, Sq, D] laid out like ``torch.empty_like(q)``, or writes ``out`` (same shape and dtype as q,
+    unit stride along D). Runs on CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1.
+    """
+    cfg = config or DEFAULT_CONFIG
+    bsz, heads, sq, d = q.shape
+    ct, ch, cw = (int(c) for c in chunk_3d_shape)
+    block = ct * ch * cw
+    if block < 16 or block & (block - 1):
+        raise ValueError(f"Triton BSA needs a power-of-two block of >= 16 tokens; chunk {tuple(chunk_3d_shape)}")
+    if d < 16 or d > 256 or d & (d - 1):
+        raise ValueError(f"Triton BSA supports head_dim 16..256 (power of two); got q {list(q.shape)}")
+    passes = cfg.kv_passes or auto_kv_passes(k)
+    if order not in ("sort", "sorted", "as_given") or (passes > 1 and order == "as_given"):
+        raise ValueError(f"order must be 'sort' or 'sorted' ('as_given' needs kv_passes=1); got {order!r}, {passes}")
+    q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
+    if out is None:
+        out = torch.empty_like(q)
+        if out.stride(-1) != 1:
+            out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    elif out.shape != q.shape or out.dtype != q.dtype or out.stride(-1) != 1:
+        raise ValueError(f"out must be {list(q.shape)} {q.dtype} with unit stride along D; got {list(out.shape)}")
+    if order == "sort":
+        indices = ascending_selection(indices, counts)
+    idx = indices.to(torch.int32).contiguous()
+    bounds = _pass_bounds(indices, counts, passes, (int(s) for s in latent_shape_k), chunk_3d_shape)
+    if passes > 1:
+        acc = torch.empty(bsz * heads, sq, d, dtype=torch.float32, device=q.device)
+        m_state, l_state = torch.empty(2, bsz * heads, sq, dtype=torch.float32, device=q.device)
+    else:
+        acc = m_state = l_state = torch.empty(1, dtype=torch.float32, device=q.device)  # unused
+    tq, hq, wq = (int(s) for s in latent_shape_q)
+    tk, hk, wk = (int(s) for s in latent_shape_k)
+    grid = ((tq // ct) * (hq // ch) * (wq // cw), bsz * heads)
+    # fp32 inputs get exact fp32 products (Triton would use TF32); bf16/fp16 ignore the setting.
+    precision = "ieee" if q.dtype == torch.float32 else "tf32"
+    for p in range(passes):
+        start, end = bounds[p], bounds[p + 1]
+        # fmt: off
+        args = (
+            q, k, v, out, idx, start, end, acc, m_state, l_state,
+            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
+            idx.stride(0), idx.stride(1), idx.stride(2), end.stride(0), end.stride(1),
+            heads, sq, _LOG2E / math.sqrt(d),
+            hq, wq, hq // ch, wq // cw, hk, wk, hk // ch, wk // cw,
+        )
+        # fmt: on
+        meta = dict(CT=ct, CH=ch, CW=cw, HEAD_DIM=d, N_SUB=cfg.n_sub, DOT_PRECISION=precision)
+        meta.update(FIRST=p == 0, LAST=p == passes - 1, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        if q.is_cuda:
+            with torch.cuda.device(q.device):
+                _bsa_fwd_kernel[grid](*args, **meta)
+        else:
+            _bsa_fwd_kernel[grid](*args, **meta)
+    return out
+
+
+def _pass_bounds(indices, counts, passes, latent_shape_k, chunk) -> list[torch.Tensor]:
+    """Start/end list positions [B, H, Nq_blk] (int32) of each pass: pass r takes the selected blocks whose index
+    lies in the r-th of ``passes`` equal slices of the key blocks (a contiguous run of the ascending list)."""
+    tk, hk, wk = latent_shape_k
+    nk = (tk // chunk[0]) * (hk // chunk[1]) * (wk // chunk[2])
+    end = counts.to(torch.int32).contiguous()
+    if passes == 1:
+        return [end, end]  # the first pass starts at 0 without reading its start
+    valid = torch.arange(indices.shape[-1], device=indices.device) < counts.unsqueeze(-1)
+    inner = [((indices < nk * r // passes) & valid).sum(-1).to(torch.int32) for r in range(1, passes)]
+    return [torch.zeros_like(end), *inner, end]
