@@ -19,13 +19,20 @@ from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 import PIL.Image
 import PIL.ImageOps
 import torch
 
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")
+
+
+def _av():
+    """PyAV, imported on first video read or write (the rest of the module works without it)."""
+    import av
+
+    return av
+
 
 PathLike = str | os.PathLike
 FramesLike = Sequence[PIL.Image.Image] | np.ndarray
@@ -112,6 +119,7 @@ def _stream_fps(stream) -> float | None:
 def _decode_video(path: Path, target_fps: float | None) -> tuple[list[PIL.Image.Image], float]:
     if not path.is_file():
         raise MediaError(f"video file not found: {path}")
+    av = _av()
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
@@ -135,6 +143,7 @@ def read_video_info(path: PathLike) -> tuple[int, int, int, float]:
     path = Path(path)
     if not path.is_file():
         raise MediaError(f"video file not found: {path}")
+    av = _av()
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
@@ -225,6 +234,7 @@ class VideoWriter:
     def open(self) -> None:
         if not self.path.parent.is_dir():
             raise MediaError(f"cannot write {self.path}: folder {self.path.parent} does not exist")
+        av = _av()
         try:
             self._container = av.open(str(self._tmp), mode="w")
         except (av.FFmpegError, OSError) as e:
@@ -240,7 +250,7 @@ class VideoWriter:
         if batch.shape[1:3] != self._size:
             raise MediaError(f"frame size {list(batch.shape[1:3])} differs from the video's {list(self._size)}")
         for frame in batch:
-            self._mux(av.VideoFrame.from_ndarray(_pad_to_even(frame), format="rgb24"))
+            self._mux(_av().VideoFrame.from_ndarray(_pad_to_even(frame), format="rgb24"))
             self.frames_written += 1
 
     def close(self) -> None:
@@ -266,7 +276,7 @@ class VideoWriter:
     def abort(self) -> None:
         """Drop the partial file; ``path`` is not touched."""
         if self._container is not None:
-            with contextlib.suppress(av.FFmpegError):  # the file is being discarded anyway
+            with contextlib.suppress(_av().FFmpegError):  # the file is being discarded anyway
                 self._container.close()
             self._container = None
         self._tmp.unlink(missing_ok=True)
@@ -289,7 +299,7 @@ class VideoWriter:
         self._stream.options = {"crf": str(self.crf)}
         self._size = (height, width)
 
-    def _mux(self, frame: av.VideoFrame | None) -> None:
+    def _mux(self, frame) -> None:  # an av.VideoFrame, or None to flush
         for packet in self._stream.encode(frame):
             self._container.mux(packet)
 

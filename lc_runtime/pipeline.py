@@ -20,6 +20,7 @@ import torch
 from . import tasks
 from .config import SchedulerConfig
 from .models.dit import LongCatDiT, load_dit
+from .profiling import nvtx_range
 from .weights import CheckpointError, CheckpointLayout
 
 
@@ -162,6 +163,25 @@ class Pipeline:
             if self.dit.active_loras != previous:
                 self.dit.set_loras(previous)
 
+    @contextlib.contextmanager
+    def bsa_for(self, req: Request) -> Iterator[None]:
+        """Block-sparse attention for one request: ``use_bsa=None`` turns it on for refinement on CUDA (the
+        original enables it for refinement; on CPU the dense path is the default), True forces it on for the
+        request, False keeps dense attention."""
+        on = req.use_bsa if req.use_bsa is not None else (req.task == "refine" and self.device.type == "cuda")
+        was = self.dit.bsa_enabled
+        if on:
+            self.dit.enable_bsa()
+        else:
+            self.dit.disable_bsa()
+        try:
+            yield
+        finally:
+            if was:
+                self.dit.enable_bsa()
+            else:
+                self.dit.disable_bsa()
+
     # ------------------------------------------------------------------------------------------- requests
     def request(self, **kwargs) -> Request:
         """Validate ``generate`` arguments and resolve the defaults that depend on other arguments."""
@@ -252,7 +272,7 @@ class Pipeline:
         timings: dict[str, float] = {}
         gen = self.generator(req.seed) if generator is None else generator
         loras = (["cfg_step"] if req.use_distill else []) + (["refinement"] if req.task == "refine" else [])
-        with self.loras_for(loras):
+        with self.loras_for(loras), self.bsa_for(req):
             t0 = time.perf_counter()
             prepare = {
                 "t2v": tasks.prepare_t2v,
@@ -313,7 +333,12 @@ class Pipeline:
         from .media import to_uint8_frames
 
         z = self.vae.denormalize_latents(latents.to(self.vae.dtype))
-        for chunk in self.vae.decode_stream(z):
+        stream = self.vae.decode_stream(z)
+        while True:
+            with nvtx_range("vae decode frame"):
+                chunk = next(stream, None)
+            if chunk is None:
+                return
             yield to_uint8_frames(chunk)
 
     def decode(self, latents: torch.Tensor, progress: bool = True) -> np.ndarray:
@@ -329,13 +354,15 @@ class Pipeline:
         ``dtype``, normalized (SPEC §2.2)."""
         from .models.vae import sample_posterior
 
-        mean, logvar = self.vae.encode(pixels.to(self.device, self.vae.dtype))
+        with nvtx_range("vae encode"):
+            mean, logvar = self.vae.encode(pixels.to(self.device, self.vae.dtype))
         z = sample_posterior(mean, logvar, generator).to(dtype)
         return self.vae.normalize_latents(z)
 
     def encode_text(self, req: Request) -> Any:
         do_cfg = req.do_cfg and req.task != "refine"  # refinement runs without CFG (SPEC §2.8)
-        embeds, mask = self.text_encoder.encode_for_cfg(req.prompt, req.negative_prompt, do_cfg)
+        with nvtx_range("text encode"):
+            embeds, mask = self.text_encoder.encode_for_cfg(req.prompt, req.negative_prompt, do_cfg)
         return self.dit.prepare_text(embeds.to(self.device), mask.to(self.device))
 
     def with_overrides(self, req: Request, **changes) -> Request:

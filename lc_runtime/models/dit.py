@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import DiTConfig
+from ..config import BSAParams, DiTConfig
 from ..ops.attention import attention, attention_with, get_attention_backend, prefix_attention, prefix_attention_with
 from ..ops.rope import apply_rope, rope_cos_sin
 from ..profiling import nvtx_range
@@ -218,6 +218,7 @@ class CaptionEmbedder(nn.Module):
 
 class SelfAttention(nn.Module):
     ops = TORCH_OPS
+    bsa = None  # BSAParams while block-sparse attention is on (LongCatDiT.enable_bsa)
 
     def __init__(self, cfg: DiTConfig):
         super().__init__()
@@ -238,8 +239,10 @@ class SelfAttention(nn.Module):
         B, H, N, D = o.shape
         return self.proj(o.transpose(1, 2).reshape(B, N, H * D))
 
-    def forward(self, x, cos, sin, num_cond_tokens: int):
+    def forward(self, x, cos, sin, num_cond_tokens: int, grid: tuple[int, int, int] | None = None):
         q, k, v = self.qkv_heads(x, cos, sin)
+        if self.bsa is not None and grid is not None and grid[0] > 1:
+            return self._forward_bsa(q, k, v, num_cond_tokens, grid), k, v
         attn = self.ops.attention
         if num_cond_tokens == 0:
             return self.out(attn(q, k, v)), k, v
@@ -248,6 +251,26 @@ class SelfAttention(nn.Module):
         o_noise = attn(q[:, :, nc:], k, v)
         o = torch.cat([o_cond.transpose(1, 2), o_noise.transpose(1, 2)], dim=1)  # [B, N, H, D]: proj's layout
         return self.proj(o.flatten(2)), k, v
+
+    def _forward_bsa(self, q, k, v, num_cond_tokens: int, grid: tuple[int, int, int]) -> torch.Tensor:
+        """Block-sparse self-attention (SPEC §5), as the original: for every self-attention call when the
+        latent grid has more than one frame, including both halves of a conditioned call."""
+        from ..ops.block_sparse_attention import block_sparse_attention
+
+        p = self.bsa
+        T, H, W = grid
+
+        def bsa(q_, k_, v_, tq, tk):
+            return block_sparse_attention(
+                q_, k_, v_, (tq, H, W), (tk, H, W), p.sparsity, p.cdf_threshold, p.chunk_3d_shape_q
+            )
+
+        if num_cond_tokens == 0:
+            return self.out(bsa(q, k, v, T, T))
+        nc, tc = num_cond_tokens, num_cond_tokens // (H * W)
+        o_cond = bsa(q[:, :, :nc], k[:, :, :nc], v[:, :, :nc], tc, tc)
+        o_noise = bsa(q[:, :, nc:], k, v, T - tc, T)
+        return self.out(torch.cat([o_cond, o_noise], dim=2))
 
     def forward_cached(self, x, cos, sin, k_cache, v_cache):
         q, k, v = self.qkv_heads(x, cos, sin)
@@ -318,15 +341,16 @@ class Block(nn.Module):
         self.cross_attn = CrossAttention(cfg)
         self.ffn = FeedForwardSwiGLU(cfg)
 
-    def forward(self, x, t, rope, text_kv, frames: int, num_cond_tokens: int = 0, kv_cache=None):
+    def forward(self, x, t, rope, text_kv, frames: int, num_cond_tokens: int = 0, kv_cache=None, grid=None):
         """x [B, N, C]; t [B, T, Ct] fp32; rope (cos, sin); text_kv (k, v, mask) or None to skip cross-attn;
-        kv_cache (k, v) of this block or None. Returns (x, k, v) where k (roped), v are this call's keys."""
+        kv_cache (k, v) of this block or None; grid (T, H, W) tokens (for block-sparse attention).
+        Returns (x, k, v) where k (roped), v are this call's keys."""
         B, N, C = x.shape
         mods = self.adaLN_modulation(t).view(B, frames, 1, 6 * C).chunk(6, dim=-1)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods
         xm = self.ops.modulate(x, shift_msa, scale_msa, frames)
         if kv_cache is None:
-            a, k, v = self.attn(xm, *rope, num_cond_tokens)
+            a, k, v = self.attn(xm, *rope, num_cond_tokens, grid)
         else:
             a, k, v = self.attn.forward_cached(xm, *rope, *kv_cache), None, None
         x = self.ops.gated_add(x, gate_msa, a, frames)
@@ -385,6 +409,23 @@ class LongCatDiT(nn.Module):
     def kernels(self) -> str:
         """Which :class:`DiTOps` table the modules use ("torch" or "triton")."""
         return self.final_layer.ops.name
+
+    def enable_bsa(self, params: BSAParams | None = None) -> None:
+        """Block-sparse self-attention (default: the config's ``bsa_params``), as the original's ``enable_bsa``:
+        every self-attention call on a grid of more than one latent frame. Not used by the cached decode."""
+        p = params or self.config.bsa_params
+        if tuple(p.chunk_3d_shape_q) != tuple(p.chunk_3d_shape_k):
+            raise ValueError(f"BSA needs equal q/k chunks, got {p.chunk_3d_shape_q} and {p.chunk_3d_shape_k}")
+        for blk in self.blocks:
+            blk.attn.bsa = p
+
+    def disable_bsa(self) -> None:
+        for blk in self.blocks:
+            blk.attn.bsa = None
+
+    @property
+    def bsa_enabled(self) -> bool:
+        return self.blocks[0].attn.bsa is not None
 
     def use_kernels(self, kind: str = "triton", *, attention: str | None = None) -> LongCatDiT:
         """Choose, once, how the memory-bound ops and attention run in every module (see :class:`DiTOps`).
@@ -502,7 +543,7 @@ class LongCatDiT(nn.Module):
             cache_i = None if kv_cache is None else (kv_cache.k[i], kv_cache.v[i])
             text_i = (text_context.k[i], text_context.v[i], text_context.mask)
             with nvtx_range(f"dit block {i}"):
-                x, _, _ = blk(x, t, rope, text_i, T, cond_tokens, cache_i)
+                x, _, _ = blk(x, t, rope, text_i, T, cond_tokens, cache_i, grid)
         return self.unpatchify(self.final_layer(x, t, T), grid).float()
 
     def prefill(self, cond_latents: torch.Tensor, *, return_output: bool = False):

@@ -139,12 +139,31 @@ class TextEncoder:
 
     # ------------------------------------------------------------------------------------------ residency
     def onload(self) -> None:
-        """Move the encoder weights to ``device`` (no-op when already there)."""
-        self.model.to(self.device)
+        """Move the encoder weights to ``device`` (no-op when already there). On CUDA they come from a pinned
+        CPU copy made once, so each move is one fast host-to-device copy (UMT5-XXL: ~11 GB)."""
+        if self.device.type != "cuda":
+            self.model.to(self.device)
+            return
+        for t in self._tensors():
+            if t.device != self.device:
+                t.data = t.data.to(self.device, non_blocking=True)
+        torch.cuda.current_stream(self.device).synchronize()
 
     def offload(self) -> None:
-        """Move the encoder weights to the CPU, freeing the GPU memory they held."""
-        self.model.to("cpu")
+        """Free the GPU memory the encoder weights hold. The weights are constant, so on CUDA the pinned CPU
+        copy made on the first offload is reused: offloading copies nothing."""
+        if self.device.type != "cuda":
+            self.model.to("cpu")
+            return
+        pinned = getattr(self, "_pinned", None)
+        if pinned is None:
+            pin = torch.cuda.is_available()  # (a CUDA target on a machine without CUDA only parks the weights)
+            pinned = self._pinned = [t.data.to("cpu").pin_memory() if pin else t.data.cpu() for t in self._tensors()]
+        for t, host in zip(self._tensors(), pinned):
+            t.data = host
+
+    def _tensors(self) -> list[torch.Tensor]:
+        return [*self.model.parameters(), *self.model.buffers()]
 
     # ------------------------------------------------------------------------------------------ encoding
     def tokenize(self, prompts: str | Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -339,3 +339,25 @@ def test_torch_export_three_graphs(dit):
         assert_close(
             dec.module()(noise, tn, y, mask, kv_cache=kv), dit(noise, tn, y, mask, kv_cache=kv), rtol=1e-5, atol=1e-5
         )
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("nc", [0, 4])
+def test_block_sparse_attention_in_the_dit(dit, nc):
+    """BSA keeping every block (sparsity 0) is dense attention; at the shipped sparsity it changes the output."""
+    from lc_runtime.config import BSAParams
+
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(1, 16, 8, 8, 8, generator=g)  # token grid (8, 4, 4): 2 x 1 x 1 blocks of 4x4x4
+    t = torch.cat([torch.zeros(1, nc), torch.full((1, 8 - nc), 600.0)], 1)
+    y, mask = torch.randn(1, 1, 512, 24, generator=g), torch.ones(1, 512, dtype=torch.long)
+    dense = dit(x, t, y, mask, num_cond_latents=nc)
+    try:
+        dit.enable_bsa(BSAParams(sparsity=0.0))
+        assert dit.bsa_enabled
+        assert_close(dit(x, t, y, mask, num_cond_latents=nc), dense, **tol(dense), what="bsa sparsity 0")
+        dit.enable_bsa(BSAParams(sparsity=0.5))  # one of the two key blocks per query block
+        assert (dit(x, t, y, mask, num_cond_latents=nc) - dense).abs().max() > 1e-3
+    finally:
+        dit.disable_bsa()
+    assert not dit.bsa_enabled
