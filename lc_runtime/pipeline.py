@@ -75,11 +75,12 @@ class Pipeline:
         text_encoder,
         scheduler: SchedulerConfig,
         loras: dict[str, Any],
-        compile: str = "none",
-        kernels: str = "torch",
+        compile: str = "auto",
+        kernels: str = "auto",
         attention: str | None = None,
     ):
-        """``compile``: "none" (eager DiT step) or "graph" (the step as a CUDA graph); ``kernels``: "torch" or
+        """``compile``: "none" (eager DiT step), "graph" (the step as a CUDA graph) or "auto" (graph on CUDA);
+        ``kernels``: "auto" (triton on CUDA), "torch" or
         "triton" (fused DiT kernels); ``attention``: a backend of ``lc_runtime.ops.attention`` (None: the best
         the device offers). All three are chosen once, here (see :meth:`_select_denoiser`)."""
         self.dit, self.vae, self.text_encoder, self.scheduler = dit, vae, text_encoder, scheduler
@@ -97,8 +98,8 @@ class Pipeline:
         dtype: torch.dtype | None = None,
         *,
         keep_text_encoder_resident: bool = False,
-        compile: str = "none",
-        kernels: str = "torch",
+        compile: str = "auto",
+        kernels: str = "auto",
         attention: str | None = None,
     ) -> Pipeline:
         """Load a Hugging Face LongCat-Video folder (SPEC §10), or ``"tiny"``: a small random model built
@@ -301,6 +302,13 @@ class Pipeline:
         chosen at construction; the loop never asks which one it has)."""
         from .ops.attention import select_attention_backend
 
+        cuda = self.device.type == "cuda"
+        if compile == "auto":  # the fastest verified path on a GPU; plain eager elsewhere
+            compile = "graph" if cuda else "none"
+        if kernels == "auto":
+            from .ops.fused import triton_available
+
+            kernels = "triton" if cuda and triton_available() else "torch"
         if compile not in ("none", "graph"):
             raise ValueError(f"compile must be 'none' or 'graph', got {compile!r}")
         if attention is not None or self.device.type == "cuda":
