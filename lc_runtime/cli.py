@@ -50,6 +50,10 @@ class GenerateOptions:
     num_segments: int = 11
     device: str | None = None
     dtype: str | None = None
+    compile: str = "auto"
+    kernels: str = "auto"
+    attention: str | None = None
+    nvtx: bool = False
 
     @property
     def prompt(self) -> str | None:
@@ -85,6 +89,12 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-segments", type=int, default=11, help="long: continuation segments (default 11)")
     p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     p.add_argument("--dtype", choices=["bf16", "fp32"], help="default bf16 on CUDA, fp32 on CPU")
+    p.add_argument("--compile", default="auto", choices=["auto", "graph", "none"], help="DiT step as a CUDA graph")
+    p.add_argument("--kernels", default="auto", choices=["auto", "triton", "torch"], help="fused Triton kernels")
+    p.add_argument(
+        "--attention", choices=["fa3", "cudnn", "flash", "efficient", "sdpa", "math"], help="default: best available"
+    )
+    p.add_argument("--nvtx", action="store_true", help="NVTX ranges (text, steps, blocks, VAE) for nsys profile")
     p.add_argument("--out", type=Path, required=True, help="output .mp4 path")
 
 
@@ -125,6 +135,10 @@ def parse_generate_options(args: argparse.Namespace) -> GenerateOptions:
         num_segments=args.num_segments,
         device=args.device,
         dtype=args.dtype,
+        compile=args.compile,
+        kernels=args.kernels,
+        attention=args.attention,
+        nvtx=args.nvtx,
     )
 
 

@@ -52,6 +52,7 @@ FROZEN_RUN_FLAGS = {
     "--distill", "--no-distill", "--steps", "--guidance", "--seed", "--num-frames", "--height", "--width",
     "--resolution", "--num-cond-frames", "--no-kv-cache", "--refine", "--refine-steps", "--t-thresh",
     "--spatial-refine-only", "--num-segments", "--device", "--dtype", "--out", "--help", "-h",
+    "--compile", "--kernels", "--attention", "--nvtx",
 }  # fmt: skip
 
 
