@@ -48,6 +48,7 @@ sys.path.insert(0, str(REPO))
 from lc_runtime.ops.block_sparse_attention import (  # noqa: E402
     ascending_selection,
     block_sparse_attention,
+    group_selection,
     num_selected_blocks,
     reorder_from_blocks,
     reorder_to_blocks,
@@ -57,10 +58,13 @@ from lc_runtime.ops.block_sparse_attention import (  # noqa: E402
 
 CHUNK = (4, 4, 4)
 BLOCK = 64
-# (n_sub, num_warps, num_stages); sm_90 compile of Triton 3.6: stages <= 4 double-buffer K/V one iteration ahead
-# (82 KB smem at n_sub 1: 2 programs/SM), stages 5 triple-buffer two iterations ahead (115 KB: 1 program/SM).
+# (n_sub, num_warps, num_stages[, group_h, group_w]); sm_90 compile of Triton 3.6: stages <= 4 double-buffer K/V one
+# iteration ahead (82 KB smem at n_sub 1: 2 programs/SM), stages 5 triple-buffer two iterations ahead (115 KB: 1
+# program/SM). Grouped configs (query blocks per program: group_h x group_w, 64 rows each) need a warpgroup (4 warps)
+# per 64 rows for Hopper's m64 wgmma tiles.
 SWEEP = [(1, 4, 3), (1, 8, 3), (1, 4, 5), (1, 8, 5), (2, 4, 3), (2, 8, 3), (2, 8, 5)]
-QUICK_SWEEP = [(1, 4, 3), (1, 8, 5), (2, 8, 3)]
+SWEEP += [(1, 8, 3, 1, 2), (1, 8, 4, 1, 2), (2, 8, 3, 1, 2), (1, 16, 3, 2, 2), (1, 16, 3, 1, 4)]
+QUICK_SWEEP = [(1, 4, 3), (1, 8, 3, 1, 2), (1, 8, 4, 1, 2), (1, 16, 3, 2, 2)]
 PASS_SWEEP = [1, 2, 3, 4, 6]
 
 
@@ -70,7 +74,8 @@ def log(*args):
 
 def cfg_name(cfg) -> str:
     passes = "auto" if cfg.kv_passes is None else cfg.kv_passes
-    return f"n_sub={cfg.n_sub} warps={cfg.num_warps} stages={cfg.num_stages} passes={passes}"
+    group = f" group={cfg.group_h}x{cfg.group_w}" if cfg.group > 1 else ""
+    return f"n_sub={cfg.n_sub} warps={cfg.num_warps} stages={cfg.num_stages} passes={passes}{group}"
 
 
 # ------------------------------------------------------------------------------------------------ checks
@@ -285,7 +290,8 @@ def bench_full(args, configs, device, results, save):
 
 def bench_inputs(args, qkv, lat, shape, sweep, timer, gen, results, kind) -> dict:
     """Selection, kernel sweep (each config spot-checked first), pass counts, score order and op on one input set."""
-    from lc_runtime.ops.triton_bsa import BsaKernelConfig, auto_kv_passes, bsa_forward
+    from lc_runtime.ops import triton_bsa
+    from lc_runtime.ops.triton_bsa import auto_kv_passes, bsa_forward
 
     q, k, v = qkv
     sparsity = shape["sparsity"]
@@ -295,15 +301,35 @@ def bench_inputs(args, qkv, lat, shape, sweep, timer, gen, results, kind) -> dic
     idx_asc = ascending_selection(idx, counts)
     entry["selection_overlap_neighbours"] = selection_overlap(idx, shape["key_blocks"])
     entry["time_selection"] = timer(lambda: select_blocks_raster(q, k, lat, lat, sparsity, None, CHUNK), reps)
+    entry["time_selection_unordered"] = timer(
+        lambda: select_blocks_raster(q, k, lat, lat, sparsity, None, CHUNK, ordered=False), reps
+    )
     entry["time_ascending_sort"] = timer(lambda: ascending_selection(idx, counts), reps)
+    q_blocks = [n // c for n, c in zip(lat, CHUNK)]
+    unions = {}  # (group_h, group_w) -> (union, bits, union counts), built once per group shape
+    for cfg in sweep:
+        key = (cfg.group_h, cfg.group_w)
+        if cfg.group > 1 and key not in unions:
+            unions[key] = group_selection(idx, counts, q_blocks, key)
+            entry[f"time_group_union_{key[0]}x{key[1]}"] = timer(
+                lambda key=key: group_selection(idx, counts, q_blocks, key), reps
+            )
+            entry[f"union_size_{key[0]}x{key[1]}"] = unions[key][2].float().mean().item() / shape["k_sel"]
     out = torch.empty_like(q)
 
     def timed_kernel(cfg, order):
         indices = idx if order == "as_given" else idx_asc
-        fn = lambda: bsa_forward(q, k, v, indices, counts, lat, lat, CHUNK, cfg, out=out, order=order)  # noqa: E731
+        kw = dict(order=order)
+        if cfg.group > 1:  # time the kernel alone: the union is prebuilt (its cost is timed above)
+            indices, bits, n = unions[(cfg.group_h, cfg.group_w)]
+            kw = dict(bits=bits)
+        else:
+            n = counts
+        fn = lambda: bsa_forward(q, k, v, indices, n, lat, lat, CHUNK, cfg, out=out, **kw)  # noqa: E731
         rec = dict(config=cfg_name(cfg), order="score" if order == "as_given" else "ascending")
         try:
-            checked = run_kernel(q, k, v, indices, counts, lat, lat, cfg, order=order)
+            checked = torch.full_like(q, float("nan"))  # poison: every element must be written
+            checked = bsa_forward(q, k, v, indices, n, lat, lat, CHUNK, cfg, out=checked, **kw)
             rec["spot_check"] = spot_check(q, k, v, checked, idx, counts, lat, 4 if args.smoke else 16, gen)
             del checked
             if not rec["spot_check"]["ok"]:
@@ -329,13 +355,30 @@ def bench_inputs(args, qkv, lat, shape, sweep, timer, gen, results, kind) -> dic
         if timed_p and min(r["time"]["median_s"] for r in timed_p) < best["time"]["median_s"]:
             best = min(timed_p, key=lambda r: r["time"]["median_s"])
             best_cfg = with_passes(best_cfg, PASS_SWEEP[passes.index(best)])
-        entry["original_schedule"] = timed_kernel(with_passes(best_cfg, 1), "as_given")
-        results["_rope_configs"] = list(dict.fromkeys([best_cfg, BsaKernelConfig()]))
+        if best_cfg.group == 1:
+            entry["original_schedule"] = timed_kernel(with_passes(best_cfg, 1), "as_given")
+        # rope: every validated config (grouped ones win there) with the iid pass count when it helped
+        results["_rope_configs"] = list(dict.fromkeys([best_cfg, *sweep]))
     entry["best_config"] = best["config"]
     entry["op_total_default_config"] = timer(lambda: block_sparse_attention(q, k, v, lat, lat, sparsity), reps)
-    sel_t = entry["time_selection"]["median_s"] + entry["time_ascending_sort"]["median_s"]
+    # the op with the fastest validated config as its default (selection unordered + sort / union + kernel)
+    old = triton_bsa.set_default_config(best_cfg)
+    try:
+        entry["op_total_best_config"] = timer(lambda: block_sparse_attention(q, k, v, lat, lat, sparsity), reps)
+        checked = block_sparse_attention(q, k, v, lat, lat, sparsity)
+        entry["op_best_spot_check"] = spot_check(q, k, v, checked, idx, counts, lat, 4 if args.smoke else 16, gen)
+        del checked
+    finally:
+        triton_bsa.set_default_config(old)
+    entry["op_best_config"] = best["config"]
+    sel_t = entry["time_selection_unordered"]["median_s"]
+    if best_cfg.group > 1:
+        sel_t += entry[f"time_group_union_{best_cfg.group_h}x{best_cfg.group_w}"]["median_s"]
+    else:
+        sel_t += entry["time_ascending_sort"]["median_s"]
     entry["total_best_s"] = sel_t + best["time"]["median_s"]
-    log(f"[full:{kind}] best {best['config']} {best['time']['median_s']:.4f}s; selection+sort {sel_t:.4f}s")
+    log(f"[full:{kind}] best {best['config']} {best['time']['median_s']:.4f}s; selection+sort/union {sel_t:.4f}s; "
+        f"op with it {entry['op_total_best_config']['median_s']:.4f}s")  # fmt: skip
     return entry
 
 
@@ -423,7 +466,13 @@ def summary_markdown(results) -> str:
         if not e:
             continue
         lines.append(_row(kind, "selection (pool + scores + top-k)", e["time_selection"]["median_s"]))
+        if "time_selection_unordered" in e:
+            lines.append(_row(kind, "selection, top-k unsorted (the op)", e["time_selection_unordered"]["median_s"]))
         lines.append(_row(kind, "ascending sort of the selection", e["time_ascending_sort"]["median_s"]))
+        for key in [x for x in e if x.startswith("time_group_union_")]:
+            g = key.rsplit("_", 1)[1]
+            lines.append(_row(kind, f"group union {g} (sort + merge)", e[key]["median_s"]))
+            lines.append(_row(kind, f"union size {g} / K_sel", text=f"{e[f'union_size_{g}']:.3f}"))
         for r in e.get("configs", []) + e.get("pass_sweep", []) + [e.get("original_schedule") or {}]:
             if not r:
                 continue
@@ -434,13 +483,20 @@ def summary_markdown(results) -> str:
                 lines.append(_row(kind, what, text=r.get("error", "?")[:70]))
         if "op_total_default_config" in e:
             lines.append(_row(kind, "op total (default config)", e["op_total_default_config"]["median_s"]))
-            lines.append(_row(kind, f"selection + sort + best kernel ({e['best_config']})", e["total_best_s"]))
+            lines.append(_row(kind, f"selection + sort/union + best kernel ({e['best_config']})", e["total_best_s"]))
+        if "op_total_best_config" in e:
+            ok = "spot check PASS" if e["op_best_spot_check"]["ok"] else "spot check FAIL"
+            what = f"op total with the best config ({e['op_best_config']}; {ok})"
+            lines.append(_row(kind, what, e["op_total_best_config"]["median_s"]))
         for name, r in e.get("dense", {}).items():
             if "median_s" in r:
                 lines.append(_row(kind, f"dense {name}", r["median_s"], r["tflops"]))
             else:
                 lines.append(_row(kind, f"dense {name}", text=r["error"][:70]))
         lines.append(_row(kind, "neighbour selection overlap (share)", text=f"{e['selection_overlap_neighbours']:.3f}"))
+    for kind in ("iid", "rope"):
+        if full.get(kind, {}).get("best_config"):
+            lines += ["", f"Fastest validated kernel config on {kind} inputs: `{full[kind]['best_config']}`."]
     if full.get("iid", {}).get("best_config"):
         lines += ["", f"Fastest kernel config on iid inputs: `{full['iid']['best_config']}` (candidate for "
                   "`DEFAULT_CONFIG` in lc_runtime/ops/triton_bsa.py; 'auto' passes = "
@@ -477,7 +533,8 @@ def main():
     from lc_runtime.ops.triton_bsa import BsaKernelConfig
 
     sweep = QUICK_SWEEP if (args.quick or args.smoke) else SWEEP
-    configs = [BsaKernelConfig(n_sub=a, num_warps=b, num_stages=c) for a, b, c in sweep]
+    configs = [BsaKernelConfig(n_sub=a, num_warps=b, num_stages=c, group_h=g[0], group_w=g[1])
+               for a, b, c, *g in ((*x, 1, 1) if len(x) == 3 else x for x in sweep)]  # fmt: skip
     env = environment(device)
     tag = re.sub(r"[^a-z0-9]+", "_", env["gpu"].lower().replace("nvidia", "")).strip("_") or "gpu"
     out_dir = Path(args.out)

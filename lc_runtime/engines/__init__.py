@@ -16,15 +16,16 @@ __all__ = [
     "Engines",
     "Manifest",
     "build_engines",
+    "build_engines_from_modules",
     "load_engines",
 ]
 
 
 def __getattr__(name: str):
-    if name == "build_engines":
-        from .build import build_engines
+    if name in ("build_engines", "build_engines_from_modules"):
+        from . import build
 
-        return build_engines
+        return getattr(build, name)
     if name in ("load_engines", "EngineDenoiser", "Engines"):
         from . import runtime
 

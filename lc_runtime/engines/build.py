@@ -124,18 +124,28 @@ def _resolve_device(backend: str, device) -> torch.device:
 
 
 def _check_request(backend: str, device: torch.device, dtype: torch.dtype, out: Path, overwrite: bool) -> None:
+    if backend == "tensorrt" and device.type != "cuda":
+        raise EngineError("TensorRT engines are built and run on a CUDA device")
+    if backend == "onnx" and device.type == "cpu" and dtype != torch.float32:
+        raise EngineError("onnxruntime's CPU provider lacks bf16 kernels: build CPU ONNX engines with --dtype fp32")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise EngineError(f"{out} exists and is not empty; pass --overwrite to replace it")
+
+
+def _prepare(backend, profile, batch, device, dtype, out, overwrite):
+    """Validate a request before anything heavy happens; returns (profile, device, dtype, out)."""
+    profile = resolve_profile(profile, batch=batch)
     if backend not in BACKENDS:
         raise EngineError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "tensorrt":
         from .tensorrt import import_tensorrt
 
-        import_tensorrt()
-        if device.type != "cuda":
-            raise EngineError("TensorRT engines are built and run on a CUDA device")
-    if backend == "onnx" and device.type == "cpu" and dtype != torch.float32:
-        raise EngineError("onnxruntime's CPU provider lacks bf16 kernels: build CPU ONNX engines with --dtype fp32")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise EngineError(f"{out} exists and is not empty; pass --overwrite to replace it")
+        import_tensorrt()  # fails with how to get TensorRT, before anything is loaded
+    dev = _resolve_device(backend, device)
+    dtype = dtype or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
+    out = Path(out)
+    _check_request(backend, dev, dtype, out, overwrite)
+    return profile, dev, dtype, out
 
 
 def build_engines(
@@ -151,6 +161,7 @@ def build_engines(
     dtype: torch.dtype | None = None,
     batch: int | None = None,
     overwrite: bool = False,
+    attention: str | None = None,
     tensorrt_options=None,
     command: str | None = None,
 ) -> BuildSummary:
@@ -158,21 +169,72 @@ def build_engines(
 
     ``components``: subset of ("text_encoder", "vae", "dit") (default all); ``graphs``: subset of graph names
     (default all of the profile); ``dtype``: default bf16 on CUDA, fp32 on the CPU; ``batch``: override the
-    profile's DiT batch (1 = no CFG). Raises ProfileError / CheckpointError / EngineError with a clear message
-    before any heavy work when the request cannot be built.
+    profile's DiT batch (1 = no CFG); ``attention``: the attention backend traced into aoti graphs
+    (default: the best the device offers, FA3 only when asked for). Raises ProfileError / CheckpointError /
+    EngineError with a clear message before any heavy work when the request cannot be built.
     """
-    t_start = time.perf_counter()
-    profile = resolve_profile(profile, batch=batch)
-    out = Path(out)
-    dev = _resolve_device(backend, device)
-    dtype = dtype or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
-    _check_request(backend, dev, dtype, out, overwrite)
+    profile, dev, dtype, out = _prepare(backend, profile, batch, device, dtype, out, overwrite)
     layout = CheckpointLayout(Path(model_dir))
     layout.check()
     components = tuple(components or COMPONENTS)
     bad = [c for c in components if c not in COMPONENTS]
     if bad:
         raise EngineError(f"unknown component(s) {bad}; choose from {', '.join(COMPONENTS)}")
+    export_device = dev if backend == "aoti" else torch.device("cpu")
+    sources = {
+        name: (lambda name=name: _load_component(name, layout, export_device, dtype), _checkpoint_folder(name, layout))
+        for name in components
+    }
+    command = command or _command(model_dir, backend, profile, out, dev, dtype, components, graphs, attention)
+    return _build(sources, backend, profile, out, dev, dtype, graphs, progress, attention, tensorrt_options, command)
+
+
+def build_engines_from_modules(
+    modules: dict[str, nn.Module],
+    backend: str,
+    profile: str | ShapeProfile,
+    out: str | Path,
+    *,
+    progress: bool = True,
+    graphs: tuple[str, ...] | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    batch: int | None = None,
+    overwrite: bool = False,
+    attention: str | None = None,
+    tensorrt_options=None,
+    command: str = "",
+) -> BuildSummary:
+    """Build from components already in memory (``{"dit": LongCatDiT, ...}``, e.g. random weights for
+    benchmarks), on their device and in their dtype (aoti: the target device; onnx/tensorrt: the CPU). The manifest
+    then has no checkpoint fingerprint; layouts and (for baked weights) the modules' weights are still checked."""
+    profile, dev, dtype, out = _prepare(backend, profile, batch, device, dtype, out, overwrite)
+    for name, module in modules.items():
+        p = next(module.parameters())
+        if name not in COMPONENTS or p.dtype != dtype:
+            raise EngineError(f"component {name!r} in {p.dtype} does not fit a {dtype_name(dtype)} build")
+    sources = {name: (lambda m=m: m, None) for name, m in modules.items()}
+    return _build(sources, backend, profile, out, dev, dtype, graphs, progress, attention, tensorrt_options, command)
+
+
+def _engine_attention(backend: str, device: torch.device, requested: str | None) -> str:
+    """The attention backend traced into the graphs: ONNX/TensorRT need plain SDPA (-> the ONNX Attention op);
+    aoti on a GPU takes the best fused kernel the device offers (cuDNN, else flash), FA3 only when asked for."""
+    from ..ops.attention import available_backends
+
+    if backend != "aoti":
+        return "sdpa"
+    if requested is not None:
+        return requested
+    return next(n for n in available_backends(device) if n != "fa3") if device.type == "cuda" else "sdpa"
+
+
+def _build(sources, backend, profile, out, dev, dtype, graphs, progress, attention, tensorrt_options, command):
+    """Build the graphs of every component in ``sources`` ({name: (load(), checkpoint folder or None)}) into a
+    staging folder, write the manifest, and move the folder into place. Returns the BuildSummary."""
+    from ..ops.attention import get_attention_backend, select_attention_backend, set_attention_backend
+
+    t_start = time.perf_counter()
     say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else (lambda msg: None)
     manifest = Manifest(
         backend=backend,
@@ -181,65 +243,63 @@ def build_engines(
         device=dev.type,
         arch=device_arch(dev),
         versions=library_versions(),
-        build_command=command or _command(model_dir, backend, profile, out, dev, dtype, components, graphs),
+        build_command=command,
     )
     summary = BuildSummary(folder=out, backend=backend, profile=profile, dtype=manifest.dtype, device=str(dev))
     staging = out.parent / f".{out.name}.building-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
+    previous = get_attention_backend()
     try:
-        _build_components(
-            layout, staging, manifest, summary, components=components, graphs=graphs, device=dev, dtype=dtype,
-            say=say, tensorrt_options=tensorrt_options,
-        )  # fmt: skip
+        manifest.attention = select_attention_backend(_engine_attention(backend, dev, attention), dev)
+        for name in (c for c in ("dit", "vae", "text_encoder") if c in sources):  # the longest builds first
+            load, checkpoint = sources[name]
+            _build_component(name, load, checkpoint, staging, manifest, summary, graphs, say, tensorrt_options)
+        if graphs:
+            missing = sorted(set(graphs) - set(manifest.graphs))
+            if missing:
+                raise EngineError(f"no graph(s) {missing} in profile {profile.name} for components {list(sources)}")
         manifest.save(staging)
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)
     finally:
+        set_attention_backend(previous)
         shutil.rmtree(staging, ignore_errors=True)
     summary.seconds = time.perf_counter() - t_start
     say(summary.table())
     return summary
 
 
-def _build_components(layout, staging, manifest, summary, *, components, graphs, device, dtype, say, tensorrt_options):
-    """Load each component in turn, fingerprint it into the manifest and build its graphs into ``staging``."""
-    backend, profile, dev = manifest.backend, summary.profile, device
+def _build_component(name, load, checkpoint, staging, manifest, summary, graphs, say, tensorrt_options) -> None:
+    """Load one component, fingerprint it into the manifest and build its graphs into ``staging``."""
+    backend, profile = manifest.backend, summary.profile
+    dev = torch.device(summary.device)
     export_device = dev if backend == "aoti" else torch.device("cpu")
-    wanted = set(graphs) if graphs else None
-    done = 0
-    for name in (c for c in ("dit", "vae", "text_encoder") if c in components):  # the longest builds first
+    dtype = getattr(torch, manifest.dtype)
+    t0 = time.perf_counter()
+    module = load()
+    summary.load_seconds += time.perf_counter() - t0
+    specs = [s for s in _specs(name, module, profile, dtype) if not graphs or s.name in graphs]
+    manifest.components[name] = {
+        "layout": layout_hash(component_config(name, module), module),
+        "weights": weights_hash(module),
+        "checkpoint": None if checkpoint is None else checkpoint_hash(checkpoint),
+        "source": "in-memory model" if checkpoint is None else str(Path(checkpoint).resolve()),
+    }
+    for spec in specs:
+        say(f"[{len(manifest.graphs) + 1}] {spec.name} ({backend}, {manifest.dtype}, profile {profile.name}) ...")
         t0 = time.perf_counter()
-        module = _load_component(name, layout, export_device, dtype)
-        summary.load_seconds += time.perf_counter() - t0
-        specs = _specs(name, module, profile, dtype)
-        if wanted is not None:
-            specs = [s for s in specs if s.name in wanted]
-        manifest.components[name] = {
-            "layout": layout_hash(component_config(name, module), module),
-            "weights": weights_hash(module),
-            "checkpoint": checkpoint_hash(_checkpoint_folder(name, layout)),
-            "source": str(_checkpoint_folder(name, layout).resolve()),
-        }
-        for spec in specs:
-            done += 1
-            say(f"[{done}] {spec.name} ({backend}, {manifest.dtype}, profile {profile.name}) ...")
-            t0 = time.perf_counter()
-            file = _build_graph(backend, spec, module, staging, export_device, dev, tensorrt_options)
-            seconds = time.perf_counter() - t0
-            size = _artefact_bytes(staging, spec.name)
-            manifest.graphs[spec.name] = {"file": file, **spec.describe(), "build_seconds": round(seconds, 2)}
-            summary.graphs.append(GraphBuild(spec.name, file, seconds, size))
-            say(f"    {spec.name}: {seconds:.1f} s, {_size(size)}")
-        del module
-        gc.collect()
-        if dev.type == "cuda":
-            torch.cuda.empty_cache()
-    if wanted is not None:
-        missing = sorted(wanted - set(manifest.graphs))
-        if missing:
-            raise EngineError(f"no graph(s) {missing} in profile {profile.name} for components {list(components)}")
+        file = _build_graph(backend, spec, module, staging, export_device, dev, tensorrt_options)
+        seconds = time.perf_counter() - t0
+        size = _artefact_bytes(staging, spec.name)
+        manifest.graphs[spec.name] = {"file": file, **spec.describe(), "build_seconds": round(seconds, 2)}
+        summary.graphs.append(GraphBuild(spec.name, file, seconds, size))
+        say(f"    {spec.name}: {seconds:.1f} s, {_size(size)}")
+    del module
+    gc.collect()
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def _build_graph(backend, spec: GraphSpec, module, folder: Path, export_device, device, trt_options) -> str:
@@ -268,7 +328,7 @@ def _build_graph(backend, spec: GraphSpec, module, folder: Path, export_device, 
     return file
 
 
-def _command(model_dir, backend, profile, out, dev, dtype, components, graphs) -> str:
+def _command(model_dir, backend, profile, out, dev, dtype, components, graphs, attention) -> str:
     parts = ["lc-runtime build-engines", f"--model-dir {model_dir}", f"--backend {backend}"]
     parts += [f"--profile {profile.name}", f"--out {out}", f"--device {dev.type}"]
     parts.append(f"--dtype {'bf16' if dtype == torch.bfloat16 else 'fp32'}")
@@ -278,4 +338,6 @@ def _command(model_dir, backend, profile, out, dev, dtype, components, graphs) -
         parts.append(f"--components {','.join(components)}")
     if graphs:
         parts.append(f"--graphs {','.join(graphs)}")
+    if attention:
+        parts.append(f"--attention {attention}")
     return " ".join(parts)

@@ -32,6 +32,7 @@ class BuildOptions:
     device: str | None = None
     dtype: str | None = None
     overwrite: bool = False
+    attention: str | None = None
     progress: bool = True
 
 
@@ -56,6 +57,7 @@ def add_build_engines_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--graphs", type=_csv, help="subset of graph names, e.g. dit_forward_nc0,dit_decode")
     p.add_argument("--device", help="cpu or cuda (default: cuda if available; tensorrt needs cuda)")
     p.add_argument("--dtype", choices=["bf16", "fp32"], help="default bf16 on CUDA, fp32 on the CPU")
+    p.add_argument("--attention", help="attention backend traced into aoti graphs (default: the best, FA3 if asked)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing engine folder")
     p.add_argument("--quiet", action="store_true", help="no progress lines, only the summary")
     p.set_defaults(func=_cmd_build_engines)
@@ -74,6 +76,7 @@ def parse_build_options(args: argparse.Namespace) -> BuildOptions:
         device=args.device,
         dtype=args.dtype,
         overwrite=args.overwrite,
+        attention=args.attention,
         progress=not args.quiet,
     )
 
@@ -96,6 +99,7 @@ def _cmd_build_engines(args: argparse.Namespace) -> int:
         dtype={None: None, "bf16": torch.bfloat16, "fp32": torch.float32}[opts.dtype],
         batch=opts.batch,
         overwrite=opts.overwrite,
+        attention=opts.attention,
     )
     if not opts.progress:
         print(summary.table())

@@ -152,6 +152,7 @@ class Manifest:
     device: str  # "cuda" | "cpu"
     arch: str
     versions: dict
+    attention: str = ""  # the attention backend traced into the graphs (lc_runtime.ops.attention)
     components: dict = field(default_factory=dict)  # name -> {"layout", "weights", "checkpoint", "source"}
     graphs: dict = field(default_factory=dict)  # name -> {"file", "component", "inputs", "outputs", ...}
     build_command: str = ""
@@ -231,7 +232,7 @@ class Manifest:
                 )
         for name, folder_ in (checkpoints or {}).items():
             rec = self.components.get(name)
-            if bakes and rec is not None and rec["checkpoint"] != checkpoint_hash(folder_):
+            if bakes and rec is not None and rec["checkpoint"] and rec["checkpoint"] != checkpoint_hash(folder_):
                 out.append(
                     f"{name}: checkpoint {folder_} differs from the one the engine was built from ({rec['source']})"
                 )

@@ -3,6 +3,7 @@
     engines = load_engines("engines/480p", modules={"dit": pipe.dit}, model_dir="path/to/LongCat-Video")
     denoise = engines.denoiser()          # a tasks.Denoiser: (latents, timestep, text, nc, kv_cache) -> v
     kv = engines.prefill(cond_latents)    # KVCache from the dit_prefill graph
+    pipe.denoiser = engines_for_pipeline(pipe, "engines/480p", model_dir=...).denoiser()   # lc-runtime run --engines
 
 ``load_engines`` reads the manifest and refuses a stale or mismatched folder before touching any artefact
 (:meth:`Manifest.check`). Each graph becomes a callable ``graph(*inputs) -> tuple[outputs]`` whose inputs are
@@ -38,7 +39,7 @@ class StaticGraph:
     captured on the first call (after ``warmup`` eager runs on a side stream) and replayed afterwards.
     Outputs are cloned, so a result stays valid after the next replay."""
 
-    def __init__(self, fn: Graph, *, warmup: int = 2):
+    def __init__(self, fn: Graph, *, warmup: int = 1):
         self.fn, self.warmup = fn, warmup
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static_in: list[torch.Tensor] = []
@@ -255,3 +256,14 @@ def _open_graph(manifest, folder, name, rec, modules, specs, device, capture) ->
 
     plugins = tuple(str(folder / p) for p in manifest.graphs[name].get("plugins", ()))
     return TensorRTGraph(path, rec["inputs"], rec["outputs"], device=device, plugins=plugins)
+
+
+def engines_for_pipeline(
+    pipe, folder: str | Path, *, model_dir: str | Path | None = None, use_cuda_graph: bool | None = None
+) -> Engines:
+    """Load an engine folder for a :class:`lc_runtime.Pipeline`'s components (those the folder has graphs of);
+    ``pipe.denoiser = engines.denoiser()`` then runs every denoising step through the engine."""
+    manifest = Manifest.load(folder)
+    available = {"dit": pipe.dit, "vae": pipe.vae, "text_encoder": pipe.text_encoder.model}
+    modules = {name: m for name, m in available.items() if name in manifest.components}
+    return load_engines(folder, modules=modules, model_dir=model_dir, use_cuda_graph=use_cuda_graph)

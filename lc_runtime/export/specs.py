@@ -46,19 +46,20 @@ class TensorSpec:
         return {"name": self.name, "shape": list(self.shape), "dtype": str(self.dtype).removeprefix("torch.")}
 
     def make(self, device: torch.device, generator: torch.Generator) -> torch.Tensor:
-        """A sample tensor (drawn on the CPU from ``generator``, then moved to ``device``)."""
+        """A sample tensor, drawn on ``device`` (``generator`` lives there too: full-size text K/V are GBs)."""
+        kw = {"device": device, "generator": generator}
         if self.sample == "timestep":
-            t = torch.rand(self.shape, generator=generator) * 1000.0
+            t = torch.rand(self.shape, **kw) * 1000.0
         elif self.sample == "token_ids":
-            t = torch.randint(0, self.high, self.shape, generator=generator)
+            t = torch.randint(0, self.high, self.shape, **kw)
         elif self.sample in ("mask", "bool_mask"):
-            t = torch.zeros(self.shape, dtype=torch.long)
+            t = torch.zeros(self.shape, dtype=torch.long, device=device)
             t[..., : max(1, self.shape[-1] // 8)] = 1
         elif self.sample == "zeros":
-            t = torch.zeros(self.shape)
+            t = torch.zeros(self.shape, device=device)
         else:
-            t = torch.randn(self.shape, generator=generator)
-        return t.to(device=device, dtype=self.dtype)
+            t = torch.randn(self.shape, **kw)
+        return t.to(dtype=self.dtype)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,8 +85,9 @@ class GraphSpec:
         raise NotImplementedError
 
     def sample_inputs(self, device: torch.device | str = "cpu", seed: int = 0) -> tuple[torch.Tensor, ...]:
-        g = torch.Generator().manual_seed(seed)
-        return tuple(t.make(torch.device(device), g) for t in self.inputs)
+        device = torch.device(device)
+        g = torch.Generator(device=device).manual_seed(seed)
+        return tuple(t.make(device, g) for t in self.inputs)
 
     def trt_shapes(self) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
         """TensorRT optimization profile: (min, opt, max) per input; static shapes, so all three are equal."""

@@ -12,15 +12,16 @@ overrides it):
 =========== ==================================================================================================
 ``fa3``     FlashAttention-3 forward (the optional ``[fa3]`` extra: ``fa3-fwd`` imports as ``fa3_fwd_interface``;
             upstream builds as ``flash_attn_interface``); Hopper, bf16; returns the softmax LSE itself.
-``cudnn``   PyTorch SDPA restricted to cuDNN's fused attention.
-``flash``   PyTorch SDPA restricted to its FlashAttention-2 kernel.
-``efficient`` PyTorch SDPA restricted to the memory-efficient (xformers) kernel; also takes fp32.
+``cudnn``   PyTorch SDPA preferring cuDNN's fused attention (then flash, efficient, math where it cannot).
+``flash``   PyTorch SDPA preferring its FlashAttention-2 kernel (then efficient, math).
+``efficient`` PyTorch SDPA preferring the memory-efficient (xformers) kernel; also takes fp32.
 ``sdpa``    PyTorch SDPA with its own dispatch (the CPU default).
 ``math``    :func:`attention_ref`: fp32 matmul + softmax, materialises the S×S scores (tests, tiny shapes).
 =========== ==================================================================================================
 
 A backend that cannot take a call (a key mask, fp32 inputs for the half-only kernels, a CPU tensor) hands it to
-``sdpa``; that choice depends on dtype/device/mask only, so it is fixed per traced graph.
+``sdpa``; that choice depends on dtype/device/mask only, so it is fixed per traced graph. Log-sum-exps (the
+cached decode) come from FA3 when selected, else from PyTorch's flash kernel (half dtypes) or the efficient one.
 
 ``prefix_attention`` (the cached decode) never concatenates the cache: the new queries attend to the shared
 prefix (batch folded into the query length) and to the new keys in two calls, and the two partial results are
@@ -37,8 +38,13 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 BACKENDS = ("fa3", "cudnn", "flash", "efficient", "sdpa", "math")
-_SDPA_ONLY = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION}
-_SDPA_ONLY["efficient"] = SDPBackend.EFFICIENT_ATTENTION
+# PyTorch SDPA kernels in priority order: the named one first, PyTorch's own checks fall back down the list for a
+# call it cannot take (e.g. cuDNN's layout/length constraints on the caption K/V), so no call ever fails.
+_SDPA_ORDER = {
+    "cudnn": [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION],
+    "flash": [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION],
+    "efficient": [SDPBackend.EFFICIENT_ATTENTION],
+}
 _HALF = (torch.bfloat16, torch.float16)
 _BACKEND = {"name": "sdpa"}
 
@@ -159,14 +165,14 @@ def attention_with(name: str, q, k, v, mask: torch.Tensor | None = None) -> torc
     if name == "fa3" and _fa3_ok(q, mask):
         fa3 = _FA3["module"]
         return _nhd(fa3.flash_attn_func(_nhd(q), _nhd(k), _nhd(v), softmax_scale=q.shape[-1] ** -0.5))
-    if name in _SDPA_ONLY and _sdpa_ok(name, q, mask):
-        with sdpa_kernel([_SDPA_ONLY[name]]):
+    if name in _SDPA_ORDER and _sdpa_ok(name, q, mask):
+        with sdpa_kernel([*_SDPA_ORDER[name], SDPBackend.MATH], set_priority=True):
             return F.scaled_dot_product_attention(q, k, v)
     return _sdpa(q, k, v, mask)
 
 
 def _lse(lse: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """Backend LSEs to [B, H, Sq] fp32: cuDNN returns [B, H, Sq, 1], the efficient kernel pads Sq to 32."""
+    """Backend LSEs to [B, H, Sq] fp32 (the efficient kernel pads Sq to a multiple of 32)."""
     B, H, S, _ = q.shape
     return lse.reshape(B, H, -1)[..., :S].float()
 
@@ -183,10 +189,7 @@ def attention_lse_with(name: str, q, k, v) -> tuple[torch.Tensor, torch.Tensor]:
         fa3 = _FA3["module"]
         out, lse = fa3.flash_attn_func(_nhd(q), _nhd(k), _nhd(v), softmax_scale=scale, return_attn_probs=True)
         return _nhd(out), _lse(lse, q)
-    if name == "cudnn" and q.dtype in _HALF:
-        out, lse = torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, None, True, scale=scale)[:2]
-        return out, _lse(lse, q)
-    if name in ("flash", "sdpa", "cudnn", "fa3") and q.dtype in _HALF:
+    if name != "efficient" and q.dtype in _HALF:  # any strides, any lengths, exact natural-log LSE
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, scale=scale)[:2]
         return out, _lse(lse, q)
     out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, True, scale=scale)[:2]

@@ -35,6 +35,7 @@ import torch
 __all__ = [
     "ascending_selection",
     "block_sparse_attention",
+    "group_selection",
     "block_sparse_attention_ref",
     "num_selected_blocks",
     "reorder_from_blocks",
@@ -93,15 +94,18 @@ def _pooled_mean(x: torch.Tensor, dims: tuple[int, ...], count: int) -> torch.Te
     return (x.sum(dim=dims, dtype=torch.float32) / count).to(x.dtype).float()
 
 
-def _select_from_means(q_mean, k_mean, sparsity, cdf_threshold):
-    """q_mean [B, H, Nq, D], k_mean [B, H, Nk, D] (fp32) -> (indices [B, H, Nq, K_max] int64, counts [B, H, Nq])."""
+def _select_from_means(q_mean, k_mean, sparsity, cdf_threshold, ordered=True):
+    """q_mean [B, H, Nq, D], k_mean [B, H, Nk, D] (fp32) -> (indices [B, H, Nq, K_max] int64, counts [B, H, Nq]).
+
+    ``ordered=False`` (topk mode only) returns the same sets in an unspecified order: it skips top-k's sort, for
+    callers that re-sort anyway (the CUDA kernel visits blocks in ascending order)."""
     if sparsity is None and cdf_threshold is None:
         raise ValueError("block-sparse attention needs sparsity, cdf_threshold or both; got neither")
     scores = torch.matmul(q_mean, k_mean.transpose(-1, -2))  # fp32, no scale (SPEC §5 step 2)
     nk = scores.shape[-1]
     if cdf_threshold is None:
         k_sel = num_selected_blocks(nk, sparsity)
-        indices = torch.topk(scores, k_sel, dim=-1, largest=True, sorted=True).indices
+        indices = torch.topk(scores, k_sel, dim=-1, largest=True, sorted=ordered).indices
         counts = torch.full(scores.shape[:-1], k_sel, dtype=torch.int64, device=scores.device)
         return indices, counts
     probs = torch.softmax(scores / math.sqrt(q_mean.shape[-1]), dim=-1)
@@ -143,9 +147,11 @@ def select_blocks(
 
 
 def select_blocks_raster(
-    q, k, latent_shape_q, latent_shape_k, sparsity=0.9375, cdf_threshold=None, chunk=DEFAULT_CHUNK
+    q, k, latent_shape_q, latent_shape_k, sparsity=0.9375, cdf_threshold=None, chunk=DEFAULT_CHUNK, *, ordered=True
 ):
-    """Same selection as :func:`select_blocks`, pooled straight from raster-ordered [B, H, S, D] (no reorder copy)."""
+    """Same selection as :func:`select_blocks`, pooled straight from raster-ordered [B, H, S, D] (no reorder copy).
+
+    ``ordered=False``: same sets, any order within a row (topk mode skips its sort; see ``_select_from_means``)."""
     nbq = _block_grid(latent_shape_q, chunk, q.shape[2], "q")
     nbk = _block_grid(latent_shape_k, chunk, k.shape[2], "k")
     ct, ch, cw = (int(c) for c in chunk)
@@ -155,7 +161,7 @@ def select_blocks_raster(
         grid = x.unflatten(2, (nb[0], ct, nb[1], ch, nb[2], cw))
         return _pooled_mean(grid, (3, 5, 7), blk).flatten(2, 4)
 
-    return _select_from_means(means(q, nbq), means(k, nbk), sparsity, cdf_threshold)
+    return _select_from_means(means(q, nbq), means(k, nbk), sparsity, cdf_threshold, ordered)
 
 
 def ascending_selection(indices: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
@@ -168,6 +174,48 @@ def ascending_selection(indices: torch.Tensor, counts: torch.Tensor) -> torch.Te
     valid = torch.arange(indices.shape[-1], device=indices.device) < counts.unsqueeze(-1)
     ordered = torch.sort(torch.where(valid, indices, torch.iinfo(indices.dtype).max), dim=-1).values
     return torch.where(valid, ordered, 0)  # the first counts slots are the selected blocks, sorted
+
+
+def group_selection(
+    indices: torch.Tensor, counts: torch.Tensor, q_blocks: Sequence[int], group: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Union of the selections of ``group`` = (gh, gw) neighbouring query blocks (what a grouped kernel program visits).
+
+    ``indices`` [B, H, Nq_blk, K_max] and ``counts`` [B, H, Nq_blk] as from ``select_blocks`` (any order within a
+    row); ``q_blocks`` = (Nt, Nh, Nw) query blocks. Group n = (t, gh_i, gw_i) row-major over (Nt, ceil(Nh / gh),
+    ceil(Nw / gw)) holds query blocks (t, gh_i * gh + j // gw, gw_i * gw + j % gw) for members j < gh * gw (members
+    past the grid edge select nothing). Returns ``union`` [B, H, N_groups, G * K_max] (the distinct key blocks any
+    member selected, ascending; padding 0), ``bits`` (same shape, int32: bit j set when member j selected the block)
+    and ``union_counts`` [B, H, N_groups] (int64). With gh = gw = 1: ``ascending_selection`` and bits 1.
+    """
+    gh, gw = (int(g) for g in group)
+    nt, nh, nw = (int(n) for n in q_blocks)
+    b, h, nq, kmax = indices.shape
+    if nq != nt * nh * nw:
+        raise ValueError(f"group_selection: {nq} query blocks but a block grid {(nt, nh, nw)}")
+    g = gh * gw
+    sentinel = torch.iinfo(torch.int64).max
+    valid = torch.arange(kmax, device=indices.device) < counts.unsqueeze(-1)
+    keys = torch.where(valid, indices.long() * g, sentinel).view(b, h, nt, nh, nw, kmax)
+    ghn, gwn = -(-nh // gh), -(-nw // gw)
+    grid = torch.full((b, h, nt, ghn * gh, gwn * gw, kmax), sentinel, dtype=torch.int64, device=indices.device)
+    grid[:, :, :, :nh, :nw] = keys
+    grid = grid.view(b, h, nt, ghn, gh, gwn, gw, kmax).permute(0, 1, 2, 3, 5, 4, 6, 7)
+    member = torch.arange(g, device=indices.device).view(gh, gw, 1)
+    keys = torch.where(grid != sentinel, grid + member, sentinel).reshape(b, h, nt * ghn * gwn, g * kmax)
+    keys = torch.sort(keys, dim=-1).values  # ascending block, then member; sentinels last
+    ok = keys != sentinel
+    blk = torch.where(ok, keys // g, 0)
+    prev = torch.cat([torch.full_like(blk[..., :1], -1), blk[..., :-1]], dim=-1)
+    first = ok & (blk != prev)
+    width = g * kmax
+    target = torch.where(ok, torch.cumsum(first, dim=-1) - 1, width)  # union slot; the extra column takes padding
+    union = torch.zeros(*blk.shape[:-1], width + 1, dtype=torch.int64, device=indices.device)
+    union = union.scatter(-1, target, blk)[..., :width]
+    bit = torch.where(ok, torch.ones_like(keys) << (keys % g), 0)
+    bits = torch.zeros(*blk.shape[:-1], width + 1, dtype=torch.int64, device=indices.device)
+    bits = bits.scatter_add(-1, target, bit)[..., :width].to(torch.int32)
+    return union, bits, first.sum(-1)
 
 
 def sparse_attention_ref(
@@ -270,8 +318,9 @@ def _bsa_op(
 def _bsa_cuda(q, k, v, latent_shape_q, latent_shape_k, sparsity, cdf_threshold, chunk_3d_shape):
     from lc_runtime.ops import triton_bsa  # triton is only needed (and importable) on CUDA machines
 
+    # the kernel re-sorts (ascending / group unions): top-k's own descending sort would be wasted (~3 ms at 720p)
     indices, counts = select_blocks_raster(
-        q, k, latent_shape_q, latent_shape_k, sparsity, cdf_threshold, chunk_3d_shape
+        q, k, latent_shape_q, latent_shape_k, sparsity, cdf_threshold, chunk_3d_shape, ordered=False
     )
     out = _empty_output(q)
     return triton_bsa.bsa_forward(q, k, v, indices, counts, latent_shape_q, latent_shape_k, chunk_3d_shape, out=out)

@@ -9,8 +9,9 @@ the raster token index of every row of a 3-D block from the block coordinates an
 4x4x4 block are 16 runs of 4 consecutive tokens, i.e. 1 KiB contiguous runs for a [B, H, S, D] bf16 layout with
 D = 128 (256 B runs for a [B, S, H, D] layout): 16-byte cp.async copies, coalesced, no TMA box needed.
 
-Launch shape: grid (Nq_blk, B * H); one program per (query block, batch·head), BLOCK_M = block size = 64 rows.
-Query blocks are the fastest grid axis, so the programs resident at one time all read the same head's K/V.
+Launch shape: grid (Nq_blk / G, B * H); one program per (group of G query blocks, batch·head), BLOCK_M = 64 * G
+rows (G = 1 by default, see "Grouped query blocks" below). Query blocks are the fastest grid axis, so the programs
+resident at one time all read the same head's K/V.
 
 Per program: load the 64 x D query tile once; loop over its selected key blocks in ascending block order, N_SUB
 blocks (64 * N_SUB keys) per iteration: S = Q Kᵀ (bf16 in, fp32 acc, wgmma on Hopper), online softmax in base 2
@@ -33,6 +34,28 @@ Pipelining: the K/V loads depend on the index load (one level of indirection). C
 num_stages <= 4 gives double-buffered K/V issued one iteration ahead (82 KB of shared memory at N_SUB = 1: two
 programs per SM), num_stages >= 5 triple-buffered, two iterations ahead (115 KB: one program per SM).
 
+Grouped query blocks (``group_h`` x ``group_w`` > 1; why and what): measured on an H200 the 64-row kernel moves
+~4.2 TB/s of gathered K/V, about what the L2 delivers, at 270 TFLOP/s: it is bound by the K/V gather, not by the
+tensor cores, and a bigger N tile (n_sub = 2) or deeper pipeline cannot help (measured: slower). The only lever is
+fewer bytes per FLOP, i.e. more query rows per loaded K/V tile. A program therefore takes G = group_h * group_w
+neighbouring query blocks (pairs adjacent in w, then h: neighbours in the 3-D grid select the most common key blocks)
+as one 64 * G-row tile (one warpgroup per 64 rows, Hopper's m64 wgmma shape), and iterates the UNION of their
+selections in ascending order (``group_selection``: one sort of the G concatenated lists, keys block * G + member,
+plus an O(n) merge that also yields a G-bit mask per union entry); rows of a member that did not select a block get
+-inf scores for it (p = 0, alpha = 1: an exact no-op on m, l and acc, so each row computes the same sums in the same
+order as the 64-row kernel, up to the MMA's own rounding of a different tile shape). Members past the grid edge (odd
+block counts) are masked rows. Cost model per pair, with neighbour overlap o (share of K_sel both select): K/V bytes
+(2 - o) / 2 of the 64-row kernel; MMA work (2 - o) x the useful work. RoPE-structured heads (bench "rope",
+o = 0.51): 0.75x the bytes, 1.49x the MMA; at the same 4.2 TB/s the kernel would run ~1.34x faster while tensor
+cores stay below ~400 TFLOP/s of (partly masked) work; iid inputs (o = 0.065): the same bytes, ~2x the MMA: slower,
+so the 64-row kernel stays the default (``DEFAULT_CONFIG``) and ``GROUPED_CONFIG`` / bench/bench_bsa.py's sweep
+decide on the GPU (2 x 2 groups: ~0.55x bytes, ~2.2x MMA on rope). The choice is static (no data-dependent host
+sync, so the op stays CUDA-graph capturable); the kernels agree to fp32 rounding, so it never changes results beyond
+that.
+
+Selection: the op asks top-k for an unordered result (the kernel re-sorts anyway; top-k's descending sort of 165
+entries per row was a second full sort), the ascending sort / group union then costs one sort.
+
 Limits: block size prod(chunk_3d_shape) must be a power of two >= 16 (tl.dot tile), D one of 16..256 (power of
 two), q/k/v must have unit stride along D (other strides are free); sizes must be exact multiples (no boundary
 checks: the op validates shapes first). Forward only, no log-sum-exp output, no dropout, no causal mask.
@@ -46,7 +69,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lc_runtime.ops.block_sparse_attention import ascending_selection
+from lc_runtime.ops.block_sparse_attention import ascending_selection, group_selection
 
 _LOG2E = 1.4426950408889634
 
@@ -54,17 +77,35 @@ _LOG2E = 1.4426950408889634
 @dataclass(frozen=True)
 class BsaKernelConfig:
     """Launch parameters. n_sub: key blocks per loop iteration (tile width 64 * n_sub keys); kv_passes: key-range
-    passes (None: as many as keep a head's K/V slice within half the L2, see the design note)."""
+    passes (None: as many as keep a head's K/V slice within half the L2, see the design note); group_h x group_w:
+    neighbouring query blocks per program (tile height 64 * group_h * group_w rows; they iterate the union of their
+    selections, see the design note)."""
 
     n_sub: int = 1
     num_warps: int = 4
     num_stages: int = 3
     kv_passes: int | None = None
+    group_h: int = 1
+    group_w: int = 1
+
+    @property
+    def group(self) -> int:
+        return self.group_h * self.group_w
 
 
 # The original's preset for 64-token blocks (num_warps 4, num_stages 3; SPEC §5 step 4) until bench/bench_bsa.py's
 # sweep on an H100/H200 says otherwise.
 DEFAULT_CONFIG = BsaKernelConfig()
+# Grouped variant: pairs of w-neighbouring query blocks, 128-row tiles over the union of their selections (two
+# warpgroups). Wins when neighbours share selections (real / RoPE-structured heads), loses on iid inputs.
+GROUPED_CONFIG = BsaKernelConfig(num_warps=8, num_stages=3, group_w=2)
+
+
+def set_default_config(config: BsaKernelConfig) -> BsaKernelConfig:
+    """Make ``config`` the op's launch configuration (bench/bench_bsa.py, after validating it); returns the old one."""
+    global DEFAULT_CONFIG
+    old, DEFAULT_CONFIG = DEFAULT_CONFIG, config
+    return old
 
 
 @triton.jit
@@ -88,19 +129,27 @@ def _attend_tile(
     k_grid_h,
     k_grid_w,
     qk_scale,
+    bits_row,
+    member,
     CT: tl.constexpr,
     CH: tl.constexpr,
     CW: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     MASKED: tl.constexpr,
+    GROUPED: tl.constexpr,
 ):
-    # One tile of N_SUB selected key blocks: row r of the tile belongs to the block in list slot slot0 + sub[r].
+    # One tile of N_SUB selected key blocks: column c of the tile belongs to the block in list slot slot0 + sub[c].
     slot = slot0 + sub
     if MASKED:
         valid = slot < end
         blk = tl.load(idx_row + slot, mask=valid, other=0)
     else:
         blk = tl.load(idx_row + slot)
+    if GROUPED:  # bit j of a union entry: query block j of the group selected it
+        if MASKED:
+            bits = tl.load(bits_row + slot, mask=valid, other=0)
+        else:
+            bits = tl.load(bits_row + slot)
     bt = blk // (k_blocks_h * k_blocks_w)
     bh = (blk // k_blocks_w) % k_blocks_h
     bw = blk % k_blocks_w
@@ -108,11 +157,18 @@ def _attend_tile(
     rows = (first_token + k_rows_in_block).to(tl.int64)
     k = tl.load(k_base + rows[:, None] * stride_ks + offs_d[None, :])
     s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
-    if MASKED:
+    if GROUPED:
+        s = tl.where(((bits[None, :] >> member[:, None]) & 1) != 0, s, float("-inf"))
+    elif MASKED:
         s = tl.where(valid[None, :], s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
-    p = tl.math.exp2(s * qk_scale - m_new[:, None])
-    alpha = tl.math.exp2(m_i - m_new)
+    if GROUPED:
+        # a row may have seen no selected block yet (m = -inf): subtract 0 instead, p = 0 and alpha = 0 (acc, l = 0)
+        m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
+    else:
+        m_sub = m_new
+    p = tl.math.exp2(s * qk_scale - m_sub[:, None])
+    alpha = tl.math.exp2(m_i - m_sub)
     l_i = l_i * alpha + tl.sum(p, 1)
     v = tl.load(v_base + rows[:, None] * stride_vs + offs_d[None, :])
     acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PRECISION)
@@ -132,6 +188,7 @@ def _bsa_fwd_kernel(
     V,
     O,
     IDX,
+    BITS,
     START,
     END,
     ACC,
@@ -170,68 +227,97 @@ def _bsa_fwd_kernel(
     CW: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     N_SUB: tl.constexpr,
+    GH: tl.constexpr,
+    GW: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     FIRST: tl.constexpr,
     LAST: tl.constexpr,
 ):
     BLOCK: tl.constexpr = CT * CH * CW
-    qblk = tl.program_id(0)
+    GROUP: tl.constexpr = GH * GW
+    GROUPED: tl.constexpr = GROUP > 1
+    pid_g = tl.program_id(0)  # group of GH x GW neighbouring query blocks (one block when GROUP == 1)
     pid_bh = tl.program_id(1)
     b = (pid_bh // num_heads).to(tl.int64)
     h = (pid_bh % num_heads).to(tl.int64)
 
-    # Row r of a block is token (r // (CH*CW), (r // CW) % CH, r % CW) of the chunk: SPEC §5 step 1 order.
-    r = tl.arange(0, BLOCK)
+    # Tile row r: member j = r // BLOCK of the group (block (gt, gh * GH + j // GW, gw * GW + j % GW)), row r % BLOCK
+    # of that block = token (r // (CH*CW), (r // CW) % CH, r % CW) of the chunk: SPEC §5 step 1 order.
+    r = tl.arange(0, BLOCK * GROUP)
+    member = r // BLOCK
+    rb = r % BLOCK
     offs_d = tl.arange(0, HEAD_DIM)
-    qt = qblk // (q_blocks_h * q_blocks_w)
-    qh = (qblk // q_blocks_w) % q_blocks_h
-    qw = qblk % q_blocks_w
-    q_rows = ((qt * CT + r // (CH * CW)) * q_grid_h + qh * CH + (r // CW) % CH) * q_grid_w + qw * CW + r % CW
+    groups_h = (q_blocks_h + GH - 1) // GH
+    groups_w = (q_blocks_w + GW - 1) // GW
+    gt = pid_g // (groups_h * groups_w)
+    qh = ((pid_g // groups_w) % groups_h) * GH + member // GW
+    qw = (pid_g % groups_w) * GW + member % GW
+    q_rows = ((gt * CT + rb // (CH * CW)) * q_grid_h + qh * CH + (rb // CW) % CH) * q_grid_w + qw * CW + rb % CW
     q_rows = q_rows.to(tl.int64)
-    q = tl.load(Q + b * stride_qb + h * stride_qh + q_rows[:, None] * stride_qs + offs_d[None, :])
+    q_ptrs = Q + b * stride_qb + h * stride_qh + q_rows[:, None] * stride_qs + offs_d[None, :]
+    if GROUPED:  # members past the grid edge (partial groups): no rows to load or store
+        row_ok = (qh < q_blocks_h) & (qw < q_blocks_w)
+        q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)
+    else:
+        q = tl.load(q_ptrs)
 
-    # Key tile rows: N_SUB blocks side by side; offset of each row from its block's first token.
+    # Key tile columns: N_SUB blocks side by side; offset of each column's token from its block's first token.
     rn = tl.arange(0, BLOCK * N_SUB)
     sub = rn // BLOCK
     rk = rn % BLOCK
     k_rows_in_block = ((rk // (CH * CW)) * k_grid_h + (rk // CW) % CH) * k_grid_w + rk % CW
     k_base = K + b * stride_kb + h * stride_kh
     v_base = V + b * stride_vb + h * stride_vh
-    idx_row = IDX + b * stride_ib + h * stride_ih + qblk.to(tl.int64) * stride_iq
-    sel = b * stride_cb + h * stride_ch + qblk
+    idx_row = IDX + b * stride_ib + h * stride_ih + pid_g.to(tl.int64) * stride_iq
+    bits_row = BITS + b * stride_ib + h * stride_ih + pid_g.to(tl.int64) * stride_iq
+    sel = b * stride_cb + h * stride_ch + pid_g
     end = tl.load(END + sel)
     # online-softmax state: fresh, or carried from the previous key-range pass (fp32, rows in raster order)
     state_rows = pid_bh.to(tl.int64) * seq_q + q_rows
     if FIRST:
         start = 0
-        m_i = tl.full([BLOCK], float("-inf"), tl.float32)
-        l_i = tl.zeros([BLOCK], tl.float32)
-        acc = tl.zeros([BLOCK, HEAD_DIM], tl.float32)
+        m_i = tl.full([BLOCK * GROUP], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK * GROUP], tl.float32)
+        acc = tl.zeros([BLOCK * GROUP, HEAD_DIM], tl.float32)
     else:
         start = tl.load(START + sel)
-        m_i = tl.load(M_STATE + state_rows)
-        l_i = tl.load(L_STATE + state_rows)
-        acc = tl.load(ACC + state_rows[:, None] * HEAD_DIM + offs_d[None, :])
+        if GROUPED:
+            m_i = tl.load(M_STATE + state_rows, mask=row_ok, other=float("-inf"))
+            l_i = tl.load(L_STATE + state_rows, mask=row_ok, other=0.0)
+            acc = tl.load(ACC + state_rows[:, None] * HEAD_DIM + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+        else:
+            m_i = tl.load(M_STATE + state_rows)
+            l_i = tl.load(L_STATE + state_rows)
+            acc = tl.load(ACC + state_rows[:, None] * HEAD_DIM + offs_d[None, :])
 
     n_full = (end - start) // N_SUB
     for it in range(0, n_full):
         m_i, l_i, acc = _attend_tile(
             q, m_i, l_i, acc, start + it * N_SUB, end, idx_row, k_base, v_base, stride_ks, stride_vs,
-            k_rows_in_block, sub, offs_d, k_blocks_h, k_blocks_w, k_grid_h, k_grid_w, qk_scale, CT, CH, CW,
-            DOT_PRECISION, MASKED=False,
+            k_rows_in_block, sub, offs_d, k_blocks_h, k_blocks_w, k_grid_h, k_grid_w, qk_scale, bits_row, member,
+            CT, CH, CW, DOT_PRECISION, MASKED=False, GROUPED=GROUPED,
         )  # fmt: skip
     if N_SUB > 1:  # noqa: SIM102 (a constexpr test of its own: the tail code is not even compiled for N_SUB == 1)
         if start + n_full * N_SUB < end:
             m_i, l_i, acc = _attend_tile(
                 q, m_i, l_i, acc, start + n_full * N_SUB, end, idx_row, k_base, v_base, stride_ks, stride_vs,
-                k_rows_in_block, sub, offs_d, k_blocks_h, k_blocks_w, k_grid_h, k_grid_w, qk_scale, CT, CH, CW,
-                DOT_PRECISION, MASKED=True,
+                k_rows_in_block, sub, offs_d, k_blocks_h, k_blocks_w, k_grid_h, k_grid_w, qk_scale, bits_row,
+                member, CT, CH, CW, DOT_PRECISION, MASKED=True, GROUPED=GROUPED,
             )  # fmt: skip
 
     if LAST:
+        if GROUPED:  # rows of members past the grid edge have l = 0 (never stored): keep them finite anyway
+            l_i = tl.where(l_i == 0.0, 1.0, l_i)
         out = acc / l_i[:, None]
         o_ptrs = O + b * stride_ob + h * stride_oh + q_rows[:, None] * stride_os + offs_d[None, :]
-        tl.store(o_ptrs, out.to(O.dtype.element_ty))
+        if GROUPED:
+            tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=row_ok[:, None])
+        else:
+            tl.store(o_ptrs, out.to(O.dtype.element_ty))
+    elif GROUPED:
+        tl.store(M_STATE + state_rows, m_i, mask=row_ok)
+        tl.store(L_STATE + state_rows, l_i, mask=row_ok)
+        tl.store(ACC + state_rows[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=row_ok[:, None])
     else:
         tl.store(M_STATE + state_rows, m_i)
         tl.store(L_STATE + state_rows, l_i)
@@ -265,13 +351,16 @@ def bsa_forward(
     out: torch.Tensor | None = None,
     *,
     order: str = "sort",
+    bits: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Sparse attention of raster-ordered q [B, H, Sq, D] over k, v [B, H, Sk, D] and a block selection.
 
     ``indices`` [B, H, Nq_blk, K_max] (key blocks, row-major (t, h, w) block numbering) and ``counts``
     [B, H, Nq_blk] as returned by ``select_blocks``; row (b, h, i) uses ``indices[b, h, i, :counts[b, h, i]]``.
     ``order``: "sort" sorts each row ascending first (what the op runs), "sorted" promises it already is
-    (``ascending_selection``), "as_given" keeps the given order (one pass only; for measurements).
+    (``ascending_selection``), "as_given" keeps the given order (one pass only, no groups; for measurements).
+    Grouped configs (``group_h * group_w > 1``) build the groups' unions (``group_selection``) unless ``bits`` is
+    given: then ``indices``, ``bits`` and ``counts`` are that union already (for timing the kernel alone).
     Returns [B, H, Sq, D] laid out like ``torch.empty_like(q)``, or writes ``out`` (same shape and dtype as q,
     unit stride along D). Runs on CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1.
     """
@@ -283,9 +372,13 @@ def bsa_forward(
         raise ValueError(f"Triton BSA needs a power-of-two block of >= 16 tokens; chunk {tuple(chunk_3d_shape)}")
     if d < 16 or d > 256 or d & (d - 1):
         raise ValueError(f"Triton BSA supports head_dim 16..256 (power of two); got q {list(q.shape)}")
+    if cfg.group < 1 or cfg.group & (cfg.group - 1):
+        raise ValueError(f"group_h * group_w must be a power of two; got {cfg.group_h} x {cfg.group_w}")
     passes = cfg.kv_passes or auto_kv_passes(k)
-    if order not in ("sort", "sorted", "as_given") or (passes > 1 and order == "as_given"):
-        raise ValueError(f"order must be 'sort' or 'sorted' ('as_given' needs kv_passes=1); got {order!r}, {passes}")
+    if order not in ("sort", "sorted", "as_given") or (order == "as_given" and (passes > 1 or cfg.group > 1)):
+        raise ValueError(
+            f"order must be 'sort' or 'sorted' ('as_given' needs kv_passes=1 and no groups); got {order!r}, {passes}"
+        )
     q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
     if out is None:
         out = torch.empty_like(q)
@@ -293,25 +386,31 @@ def bsa_forward(
             out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     elif out.shape != q.shape or out.dtype != q.dtype or out.stride(-1) != 1:
         raise ValueError(f"out must be {list(q.shape)} {q.dtype} with unit stride along D; got {list(out.shape)}")
-    if order == "sort":
+    tq, hq, wq = (int(s) for s in latent_shape_q)
+    tk, hk, wk = (int(s) for s in latent_shape_k)
+    gh, gw = cfg.group_h, cfg.group_w
+    if cfg.group > 1 and bits is None:
+        indices, bits, counts = group_selection(indices, counts, (tq // ct, hq // ch, wq // cw), (gh, gw))
+    elif order == "sort" and cfg.group == 1:
         indices = ascending_selection(indices, counts)
     idx = indices.to(torch.int32).contiguous()
-    bounds = _pass_bounds(indices, counts, passes, (int(s) for s in latent_shape_k), chunk_3d_shape)
+    bits = idx if cfg.group == 1 else bits.to(torch.int32).contiguous()  # not read without groups
+    if bits.stride() != idx.stride():
+        raise ValueError(f"bits {list(bits.shape)} must match indices {list(idx.shape)}")
+    bounds = _pass_bounds(indices, counts, passes, (tk, hk, wk), chunk_3d_shape)
     if passes > 1:
         acc = torch.empty(bsz * heads, sq, d, dtype=torch.float32, device=q.device)
         m_state, l_state = torch.empty(2, bsz * heads, sq, dtype=torch.float32, device=q.device)
     else:
         acc = m_state = l_state = torch.empty(1, dtype=torch.float32, device=q.device)  # unused
-    tq, hq, wq = (int(s) for s in latent_shape_q)
-    tk, hk, wk = (int(s) for s in latent_shape_k)
-    grid = ((tq // ct) * (hq // ch) * (wq // cw), bsz * heads)
+    grid = ((tq // ct) * -(-(hq // ch) // gh) * -(-(wq // cw) // gw), bsz * heads)
     # fp32 inputs get exact fp32 products (Triton would use TF32); bf16/fp16 ignore the setting.
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
     for p in range(passes):
         start, end = bounds[p], bounds[p + 1]
         # fmt: off
         args = (
-            q, k, v, out, idx, start, end, acc, m_state, l_state,
+            q, k, v, out, idx, bits, start, end, acc, m_state, l_state,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
             idx.stride(0), idx.stride(1), idx.stride(2), end.stride(0), end.stride(1),
@@ -319,7 +418,7 @@ def bsa_forward(
             hq, wq, hq // ch, wq // cw, hk, wk, hk // ch, wk // cw,
         )
         # fmt: on
-        meta = dict(CT=ct, CH=ch, CW=cw, HEAD_DIM=d, N_SUB=cfg.n_sub, DOT_PRECISION=precision)
+        meta = dict(CT=ct, CH=ch, CW=cw, HEAD_DIM=d, N_SUB=cfg.n_sub, GH=gh, GW=gw, DOT_PRECISION=precision)
         meta.update(FIRST=p == 0, LAST=p == passes - 1, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         if q.is_cuda:
             with torch.cuda.device(q.device):
