@@ -4,6 +4,8 @@
     lc-runtime run --task i2v --model-dir weights/LongCat-Video --image girl.png --prompt ... --refine --out x.mp4
     lc-runtime run --task refine --model-dir ... --video stage1.mp4 --prompt ... --out refined.mp4
     lc-runtime run --task long --model-dir ... --prompt "p0" --prompt "p1" ... --num-segments 11 --out long.mp4
+    lc-runtime build-engines --model-dir ... --backend aoti --profile 480p-93f --out engines/480p
+    lc-runtime run --task t2v --model-dir ... --engines engines/480p --prompt ... --out x.mp4
     lc-runtime info
 
 Each subcommand parses into a frozen options dataclass and calls one library function; any user error
@@ -54,6 +56,7 @@ class GenerateOptions:
     kernels: str = "auto"
     attention: str | None = None
     nvtx: bool = False
+    engines: Path | None = None
 
     @property
     def prompt(self) -> str | None:
@@ -95,6 +98,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
         "--attention", choices=["fa3", "cudnn", "flash", "efficient", "sdpa", "math"], help="default: best available"
     )
     p.add_argument("--nvtx", action="store_true", help="NVTX ranges (text, steps, blocks, VAE) for nsys profile")
+    p.add_argument("--engines", type=Path, help="run the DiT steps from engines built by `lc-runtime build-engines`")
     p.add_argument("--out", type=Path, required=True, help="output .mp4 path")
 
 
@@ -139,6 +143,7 @@ def parse_generate_options(args: argparse.Namespace) -> GenerateOptions:
         kernels=args.kernels,
         attention=args.attention,
         nvtx=args.nvtx,
+        engines=args.engines,
     )
 
 
@@ -173,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_cmd_run)
     info = sub.add_parser("info", help="versions, devices and usable accelerators")
     info.set_defaults(func=_cmd_info)
+    from .engines.cli import add_build_engines_parser
+
+    add_build_engines_parser(sub)
     return parser
 
 

@@ -15,10 +15,16 @@ does not contain; :class:`lc_runtime.engines.runtime.EngineDenoiser` refuses the
 
 ``run_single_threaded=True`` (GPU) drops the package's internal locking so the call can be captured into a CUDA
 graph (:class:`lc_runtime.engines.runtime.StaticGraph`).
+
+Attention: the exported graph keeps ``scaled_dot_product_attention`` as one op, whose fused kernel is chosen by
+PyTorch's SDPA priority either when Inductor lowers it or, for a call left to the dispatcher, at run time. The
+backend recorded in the manifest (cuDNN, flash, efficient) is therefore applied as the SDPA priority around the
+compilation *and* around every call (:func:`sdpa_priority`), so the engine runs the kernel it was built for.
 """
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -28,9 +34,22 @@ from ..export.modules import unwrap_outputs
 from .manifest import EngineMismatchError
 
 
-def build_aoti(module: nn.Module, inputs: tuple[torch.Tensor, ...], path: str | Path, **inductor_configs) -> None:
+def sdpa_priority(attention: str):
+    """SDPA kernel priority of an attention backend of ``lc_runtime.ops.attention`` (a context manager; a no-op for
+    backends that are not PyTorch SDPA kernels)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from ..ops.attention import _SDPA_ORDER  # the runtime's own priority lists, so engine and eager agree
+
+    order = _SDPA_ORDER.get(attention)
+    return contextlib.nullcontext() if order is None else sdpa_kernel([*order, SDPBackend.MATH], set_priority=True)
+
+
+def build_aoti(
+    module: nn.Module, inputs: tuple[torch.Tensor, ...], path: str | Path, *, attention: str = "", **inductor_configs
+) -> None:
     """Export ``module(*inputs)`` and compile it to the AOTInductor package ``path`` (``.pt2``), weights left out."""
-    with torch.no_grad():
+    with torch.no_grad(), sdpa_priority(attention):
         program = torch.export.export(module.eval(), tuple(inputs), strict=False)
         configs = {"aot_inductor.package_constants_in_so": False, **inductor_configs}
         torch._inductor.aoti_compile_and_package(program, package_path=str(path), inductor_configs=configs)
@@ -56,9 +75,12 @@ def bind_constants(compiled, module: nn.Module, where: str) -> None:
 class AOTIGraph:
     """A loaded ``.pt2`` with its weights bound: ``graph(*inputs) -> tuple of outputs``."""
 
-    def __init__(self, path: str | Path, module: nn.Module, *, device: torch.device, single_threaded: bool):
+    def __init__(
+        self, path: str | Path, module: nn.Module, *, device: torch.device, single_threaded: bool, attention: str = ""
+    ):
         from torch._inductor.package import load_package
 
+        self.attention = attention
         device = torch.device(device)
         index = device.index if device.type == "cuda" and device.index is not None else -1
         self.path = Path(path)
@@ -67,4 +89,5 @@ class AOTIGraph:
 
     def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         # the kernels were compiled for the contiguous strides of the sample inputs and do not check them
-        return unwrap_outputs(self.compiled(*(x.contiguous() for x in inputs)))
+        with sdpa_priority(self.attention):
+            return unwrap_outputs(self.compiled(*(x.contiguous() for x in inputs)))

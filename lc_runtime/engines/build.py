@@ -290,7 +290,7 @@ def _build_component(name, load, checkpoint, staging, manifest, summary, graphs,
     for spec in specs:
         say(f"[{len(manifest.graphs) + 1}] {spec.name} ({backend}, {manifest.dtype}, profile {profile.name}) ...")
         t0 = time.perf_counter()
-        file = _build_graph(backend, spec, module, staging, export_device, dev, tensorrt_options)
+        file = _build_graph(backend, spec, module, staging, export_device, dev, tensorrt_options, manifest.attention)
         seconds = time.perf_counter() - t0
         size = _artefact_bytes(staging, spec.name)
         manifest.graphs[spec.name] = {"file": file, **spec.describe(), "build_seconds": round(seconds, 2)}
@@ -302,14 +302,14 @@ def _build_component(name, load, checkpoint, staging, manifest, summary, graphs,
         torch.cuda.empty_cache()
 
 
-def _build_graph(backend, spec: GraphSpec, module, folder: Path, export_device, device, trt_options) -> str:
+def _build_graph(backend, spec: GraphSpec, module, folder: Path, export_device, device, trt_options, attention) -> str:
     wrapper = spec.module(module)
     inputs = spec.sample_inputs(export_device)
     file = spec.name + SUFFIX[backend]
     if backend == "aoti":
         from .aoti import build_aoti
 
-        build_aoti(wrapper, inputs, folder / file)
+        build_aoti(wrapper, inputs, folder / file, attention=attention)
     elif backend == "onnx":
         from ..export.onnx_export import export_onnx
 

@@ -37,10 +37,14 @@ class EngineShapeError(EngineError):
 class StaticGraph:
     """Replays ``fn`` (fixed shapes) as a CUDA graph: inputs are copied into static buffers, the graph is
     captured on the first call (after ``warmup`` eager runs on a side stream) and replayed afterwards.
-    Outputs are cloned, so a result stays valid after the next replay."""
 
-    def __init__(self, fn: Graph, *, warmup: int = 1):
-        self.fn, self.warmup = fn, warmup
+    Outputs are cloned, so a result stays valid after the next replay, and the graphs of one engine folder share
+    one memory ``pool`` (they replay one at a time on one stream), so capturing all of them costs the activation
+    memory of the largest, not the sum. Every input is copied each replay: the 480p cached decode's 5 GB KV cache
+    costs ~2 ms of a multi-second step, and its static copy 5 GB."""
+
+    def __init__(self, fn: Graph, *, warmup: int = 1, pool=None):
+        self.fn, self.warmup, self.pool = fn, warmup, pool
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static_in: list[torch.Tensor] = []
         self.static_out: tuple[torch.Tensor, ...] = ()
@@ -63,7 +67,7 @@ class StaticGraph:
                 self.fn(*self.static_in)
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        with torch.cuda.graph(self.graph, pool=self.pool):
             self.static_out = self.fn(*self.static_in)
 
 
@@ -228,13 +232,14 @@ def load_engines(
         graphs=wanted,
     )
     capture = device.type == "cuda" if use_cuda_graph is None else use_cuda_graph
+    pool = torch.cuda.graph_pool_handle() if capture else None
     specs = graph_specs_for(manifest, modules) if manifest.backend == "aoti" else {}
     loaded = {}
     for name in wanted:
         rec = manifest.graphs[name]
         fn = _open_graph(manifest, folder, name, rec, modules, specs, device, capture)
         if capture:
-            fn = StaticGraph(fn)
+            fn = StaticGraph(fn, pool=pool)
         loaded[name] = CheckedGraph(name, fn, rec["inputs"], str(folder), manifest.profile["name"])
     return Engines(folder=folder, manifest=manifest, graphs=loaded, modules=dict(modules))
 
@@ -247,7 +252,7 @@ def _open_graph(manifest, folder, name, rec, modules, specs, device, capture) ->
         if name not in specs:
             raise EngineMismatchError(f"engine {folder}: graph {name} does not fit the given model; rebuild it")
         wrapper = specs[name].module(modules[rec["component"]])
-        return AOTIGraph(path, wrapper, device=device, single_threaded=capture)
+        return AOTIGraph(path, wrapper, device=device, single_threaded=capture, attention=manifest.attention)
     if manifest.backend == "onnx":
         from .onnx import OnnxGraph
 

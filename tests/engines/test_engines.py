@@ -82,12 +82,13 @@ def aoti_dir(tmp_path_factory):
 def check_dit_engine(den, dit, case, graphs) -> None:
     """Every built DiT graph, through the EngineDenoiser, equals the eager DiT."""
     x, text, kv = case["latents"], case["text"], case["kv"]
+    dev = x.device
     if "dit_forward_nc0" in graphs:
-        t = torch.tensor([700.0, 700.0])
+        t = torch.tensor([700.0, 700.0], device=dev)
         ref = dit(x, t, text_context=text)
         assert_close(den(x, t, text, 0, None), ref, **tol(ref), what="forward nc=0")
     if "dit_forward_nc1" in graphs:
-        t = torch.tensor([[0.0] + [450.0] * 5] * 2)
+        t = torch.tensor([[0.0] + [450.0] * 5] * 2, device=dev)
         ref = dit(x, t, text_context=text, num_cond_latents=1)
         assert_close(den(x, t, text, 1, None), ref, **tol(ref), what="forward nc=1")
     if "dit_prefill" in graphs:
@@ -95,7 +96,7 @@ def check_dit_engine(den, dit, case, graphs) -> None:
         assert_close(got.k, kv.k, **tol(kv.k), what="prefill K")
         assert_close(got.v, kv.v, **tol(kv.v), what="prefill V")
     if "dit_decode" in graphs:
-        xn, t = x[:, :, 4:], torch.tensor([300.0, 300.0])
+        xn, t = x[:, :, 4:], torch.tensor([300.0, 300.0], device=dev)
         ref = dit(xn, t, text_context=text, kv_cache=kv)
         assert_close(den(xn, t, text, 0, kv), ref, **tol(ref), what="cached decode")
 
