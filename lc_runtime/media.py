@@ -116,7 +116,9 @@ def _stream_fps(stream) -> float | None:
     return float(rate) if rate else None
 
 
-def _decode_video(path: Path, target_fps: float | None) -> tuple[list[PIL.Image.Image], float]:
+@contextlib.contextmanager
+def _video_stream(path: Path):
+    """(container, first video stream) of a video file; every failure is a MediaError naming the file."""
     if not path.is_file():
         raise MediaError(f"video file not found: {path}")
     av = _av()
@@ -124,15 +126,19 @@ def _decode_video(path: Path, target_fps: float | None) -> tuple[list[PIL.Image.
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise MediaError(f"{path} has no video stream")
-            stream = container.streams.video[0]
-            fps = _stream_fps(stream)
-            if fps is None:
-                raise MediaError(f"cannot determine the frame rate of {path}")
-            stride = frame_stride(fps, target_fps) if target_fps else 1
-            # Decode every frame (inter-frame codecs need them) but convert only the kept ones to RGB.
-            frames = [f.to_image() for i, f in enumerate(container.decode(stream)) if i % stride == 0]
+            yield container, container.streams.video[0]
     except av.FFmpegError as e:
         raise MediaError(f"cannot decode video {path}: {e}") from None
+
+
+def _decode_video(path: Path, target_fps: float | None) -> tuple[list[PIL.Image.Image], float]:
+    with _video_stream(path) as (container, stream):
+        fps = _stream_fps(stream)
+        if fps is None:
+            raise MediaError(f"cannot determine the frame rate of {path}")
+        stride = frame_stride(fps, target_fps) if target_fps else 1
+        # Decode every frame (inter-frame codecs need them) but convert only the kept ones to RGB.
+        frames = [f.to_image() for i, f in enumerate(container.decode(stream)) if i % stride == 0]
     if not frames:
         raise MediaError(f"video {path} has no decodable frames")
     return frames, fps
@@ -141,21 +147,12 @@ def _decode_video(path: Path, target_fps: float | None) -> tuple[list[PIL.Image.
 def read_video_info(path: PathLike) -> tuple[int, int, int, float]:
     """(number of decoded frames, height, width, fps) of a video file; decodes it all, for tests and checks."""
     path = Path(path)
-    if not path.is_file():
-        raise MediaError(f"video file not found: {path}")
-    av = _av()
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise MediaError(f"{path} has no video stream")
-            stream = container.streams.video[0]
-            count, height, width = 0, stream.height, stream.width
-            for frame in container.decode(stream):
-                count += 1
-                height, width = frame.height, frame.width
-            return count, height, width, _stream_fps(stream) or 0.0
-    except av.FFmpegError as e:
-        raise MediaError(f"cannot decode video {path}: {e}") from None
+    with _video_stream(path) as (container, stream):
+        count, height, width = 0, stream.height, stream.width
+        for frame in container.decode(stream):
+            count += 1
+            height, width = frame.height, frame.width
+        return count, height, width, _stream_fps(stream) or 0.0
 
 
 # ---------------------------------------------------------------------------------------------- tensors
