@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -372,6 +372,3 @@ class Pipeline:
         with nvtx_range("text encode"):
             embeds, mask = self.text_encoder.encode_for_cfg(req.prompt, req.negative_prompt, do_cfg)
         return self.dit.prepare_text(embeds.to(self.device), mask.to(self.device))
-
-    def with_overrides(self, req: Request, **changes) -> Request:
-        return replace(req, **changes)

@@ -163,14 +163,10 @@ def _run_single(pipe: Pipeline, opts) -> dict:
             write_frames(stage1, assemble(opts.task, stages[0].frames, **_assembly(opts, 15)), 15, 18)
             stages.append(pipe.generate(**_refine_kwargs(opts, stages[0].frames)))
     out = stages[-1]
-    final_task = "refine" if opts.task == "refine" else opts.task
     steps = sum(s.timings["steps"] for s in stages)
     denoise_s = sum(s.timings["denoise_s"] for s in stages)
     crf = 10 if out.fps == 30 or opts.task == "refine" else 18
-    if opts.refine and opts.task == "vc":
-        frames = assemble(final_task, out.frames, **_assembly(opts, out.fps, refined=True))
-    else:
-        frames = assemble(final_task, out.frames, **_assembly(opts, out.fps))
+    frames = assemble(opts.task, out.frames, **_assembly(opts, out.fps, refined=opts.refine))
     n, (h, w) = write_frames(opts.out, frames, out.fps, crf)
     return {"steps": steps, "denoise_s": denoise_s, "frames": n, "height": h, "width": w, "fps": out.fps}
 
