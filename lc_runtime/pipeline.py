@@ -289,12 +289,18 @@ class Pipeline:
             timings["steps"] = cond.schedule.num_steps
         latents = latents.float()
         frames = None
+        if self.device.type == "cuda":
+            timings["denoise_peak_allocated_gb"] = torch.cuda.max_memory_allocated(self.device) / 1e9
+            timings["denoise_peak_reserved_gb"] = torch.cuda.max_memory_reserved(self.device) / 1e9
         if req.output_type == "np":
             t0 = time.perf_counter()
             frames = self.decode(latents, progress=progress)
             if cond.frames is not None:
                 frames = frames[cond.frames]
             timings["decode_s"] = time.perf_counter() - t0
+        if self.device.type == "cuda":
+            timings["peak_allocated_gb"] = torch.cuda.max_memory_allocated(self.device) / 1e9
+            timings["peak_reserved_gb"] = torch.cuda.max_memory_reserved(self.device) / 1e9
         return Output(latents=latents, frames=frames, fps=cond.fps, timings=timings)
 
     def _select_denoiser(self, compile: str, kernels: str, attention: str | None) -> tasks.Denoiser:

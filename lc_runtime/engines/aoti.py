@@ -49,9 +49,12 @@ def build_aoti(
     module: nn.Module, inputs: tuple[torch.Tensor, ...], path: str | Path, *, attention: str = "", **inductor_configs
 ) -> None:
     """Export ``module(*inputs)`` and compile it to the AOTInductor package ``path`` (``.pt2``), weights left out."""
+    from .cxx import choose_cxx
+
+    cxx, _, _ = choose_cxx()  # a compiler whose libstdc++ the loading process can run (see engines/cxx.py)
     with torch.no_grad(), sdpa_priority(attention):
         program = torch.export.export(module.eval(), tuple(inputs), strict=False)
-        configs = {"aot_inductor.package_constants_in_so": False, **inductor_configs}
+        configs = {"aot_inductor.package_constants_in_so": False, "cpp.cxx": (None, cxx), **inductor_configs}
         torch._inductor.aoti_compile_and_package(program, package_path=str(path), inductor_configs=configs)
 
 
@@ -72,19 +75,47 @@ def bind_constants(compiled, module: nn.Module, where: str) -> None:
         compiled.load_constants(constants, check_full_update=True)
 
 
+def load_aoti_package(path: str | Path, *, run_single_threaded: bool, device_index: int):
+    """Open a ``.pt2`` built by :func:`build_aoti`, as ``torch._inductor.package.load_package`` does but without its
+    device-information probe: that probe (``get_device_information`` -> ``pick_vec_isa``) compiles six C++ test
+    programs in every fresh process, only to log a warning when the CPU ISA differs from the build machine's:
+    8 s on our CPU machine and 45 s of the 55 s cold start measured on the H200 (bench/results/engines_*1709.md).
+    The manifest already checks what matters here (GPU arch, torch version). Falls back to ``load_package`` when
+    this torch lacks the pieces."""
+    try:
+        from torch.export.pt2_archive._package import AOTICompiledModel
+
+        loader_cls = torch._C._aoti.AOTIModelPackageLoader
+    except (ImportError, AttributeError):
+        loader_cls = None
+    if loader_cls is not None:
+        try:
+            return AOTICompiledModel(loader_cls(str(path), "model", run_single_threaded, 1, device_index))
+        except TypeError:  # another constructor signature: the public loader knows it
+            pass
+    from torch._inductor.package import load_package
+
+    return load_package(str(path), run_single_threaded=run_single_threaded, device_index=device_index)
+
+
 class AOTIGraph:
     """A loaded ``.pt2`` with its weights bound: ``graph(*inputs) -> tuple of outputs``."""
 
     def __init__(
         self, path: str | Path, module: nn.Module, *, device: torch.device, single_threaded: bool, attention: str = ""
     ):
-        from torch._inductor.package import load_package
-
         self.attention = attention
+        if attention == "fa3":  # the package calls FlashAttention-3's op: register it before loading
+            from ..ops.attention import fa3_interface
+
+            if fa3_interface() is None:
+                raise EngineMismatchError(
+                    f"{path} was built with FlashAttention-3, not installed here: pip install 'lc-runtime[fa3]'"
+                )
         device = torch.device(device)
         index = device.index if device.type == "cuda" and device.index is not None else -1
         self.path = Path(path)
-        self.compiled = load_package(str(path), run_single_threaded=single_threaded, device_index=index)
+        self.compiled = load_aoti_package(path, run_single_threaded=single_threaded, device_index=index)
         bind_constants(self.compiled, module, str(path))
 
     def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:

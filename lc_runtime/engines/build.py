@@ -249,6 +249,13 @@ def _build(sources, backend, profile, out, dev, dtype, graphs, progress, attenti
     staging = out.parent / f".{out.name}.building-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
+    if backend == "aoti":
+        from .cxx import choose_cxx, version_text
+
+        _, libstdcxx, note = choose_cxx()
+        manifest.versions["libstdcxx"] = version_text(libstdcxx)  # loading needs at least this one (cxx.py)
+        if note:
+            say(note)
     previous = get_attention_backend()
     try:
         manifest.attention = select_attention_backend(_engine_attention(backend, dev, attention), dev)

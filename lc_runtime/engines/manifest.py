@@ -216,6 +216,16 @@ class Manifest:
             for k in pinned
             if self.versions.get(k) != now.get(k)
         ]
+        if self.backend == "aoti" and self.versions.get("libstdcxx"):
+            from .cxx import loaded_libstdcxx, version_text
+
+            built = tuple(int(x) for x in str(self.versions["libstdcxx"]).split("."))
+            here = loaded_libstdcxx()
+            if here is not None and built > here:
+                out.append(
+                    f"built with a C++ compiler whose libstdc++ is {self.versions['libstdcxx']}, newer than the "
+                    f"{version_text(here)} this process loads (the package would crash when loaded)"
+                )
         bakes = self.backend in ("onnx", "tensorrt")
         for name, (config, module) in (modules or {}).items():
             rec = self.components.get(name)

@@ -243,6 +243,19 @@ def test_aoti_dit_engine_matches_eager(aoti_dir, dit, case):
     check_dit_engine(engines.denoiser(), dit, case, ("dit_forward_nc1", "dit_prefill", "dit_decode"))
 
 
+def test_aoti_load_skips_the_device_probe(aoti_dir, dit, case, monkeypatch):
+    """Loading never runs torch's device-information probe, which compiles C++ test programs at every process
+    start (45 s of a 55 s cold start on the H200): the engine still loads and matches eager without it."""
+    import torch._inductor.codecache as codecache
+
+    def probe(*_):
+        raise AssertionError("get_device_information was called")
+
+    monkeypatch.setattr(codecache, "get_device_information", probe)
+    engines = load_engines(aoti_dir, modules={"dit": dit}, model_dir=TINY, use_cuda_graph=False)
+    check_dit_engine(engines.denoiser(), dit, case, ("dit_forward_nc1",))
+
+
 @torch.no_grad()
 def test_aoti_engine_runs_on_the_models_own_weights(aoti_dir, case):
     """Weights are not baked in: the same package bound to another checkpoint of the same layout computes that
