@@ -22,10 +22,10 @@ when N_SUB > 1 and a count is not a multiple of N_SUB, one last iteration masks 
 
 Memory traffic: K and V tiles of every selected block, once per query block: 2 * Sq/64 * K_sel * 64 * D * 2 bytes
 per head, ~456 GB in all at the 720p refine shape (32 heads, 168,960 tokens, K_sel = 165), against 4 GB for Q, K, V
-and O. Arithmetic intensity is 64 FLOP per gathered byte, so the kernel lives on L2 bandwidth, and on HBM bandwidth
-for every gather that misses L2. One head's K and V are 86.5 MB there, more than the L2 (50 MB on H100, 60 MB on
-H200). Key-range passes (``kv_passes`` = R > 1) fix that: pass r only visits the selected blocks in the r-th slice of
-the key range (the list is ascending, so that is a contiguous sub-range of it), so the programs of a head share a
+and O. Arithmetic intensity is 64 FLOP per gathered byte, so the gathers come from the L2, or from HBM for every
+one that misses it. One head's K and V are 86.5 MB there, more than the L2 (50 MB on H100, 60 MB on H200).
+Key-range passes (``kv_passes`` = R > 1) fix that: pass r only visits the selected blocks in the r-th slice of the
+key range (the list is ascending, so that is a contiguous sub-range of it), so the programs of a head share a
 working set of 86.5 / R MB that stays in L2; the online-softmax state (m, l and the fp32 accumulator) is carried
 between passes through an fp32 scratch ([B*H, Sq, D], 2.8 GB at that shape), which costs ~5.5 GB of traffic per
 extra pass. The result is bitwise that of one pass (same order, the state is stored in fp32).
@@ -34,10 +34,18 @@ Pipelining: the K/V loads depend on the index load (one level of indirection). C
 num_stages <= 4 gives double-buffered K/V issued one iteration ahead (82 KB of shared memory at N_SUB = 1: two
 programs per SM), num_stages >= 5 triple-buffered, two iterations ahead (115 KB: one program per SM).
 
-Grouped query blocks (``group_h`` x ``group_w`` > 1; why and what): measured on an H200 the 64-row kernel moves
-~4.2 TB/s of gathered K/V, about what the L2 delivers, at 270 TFLOP/s: it is bound by the K/V gather, not by the
-tensor cores, and a bigger N tile (n_sub = 2) or deeper pipeline cannot help (measured: slower). The only lever is
-fewer bytes per FLOP, i.e. more query rows per loaded K/V tile. A program therefore takes G = group_h * group_w
+Where the time goes (H200 measurements): the 64-row kernel moves ~4.2 TB/s of gathered K/V at 270 TFLOP/s
+(0.107 s). ``bench/bsa_gather_probe.py`` does the same gathers with the arithmetic left out. With iid selections, the
+whole 456 GB takes 0.067 s (6.8 TB/s) from a head's full K/V, and 0.047 s (9.8 TB/s) when the blocks come from
+an L2-sized slice (what the key-range passes give). The block-major layout makes no difference (0.0667 s vs
+0.0672 s). So the kernel is not at the gather's bandwidth limit: about half its time is the MMA / softmax chain
+that the gathers do not overlap with. A bigger N tile (n_sub = 2) or a deeper pipeline did not help (measured:
+slower). A faster kernel needs gathers that overlap with the math: producer warps and TMA, as in
+FlashAttention-3. The 0.060 s target is above the gather floor (0.047 s) and the FA3-efficiency MMA floor
+(0.042 s), but only a kernel that overlaps the two could reach it.
+
+Grouped query blocks (``group_h`` x ``group_w`` > 1; why and what): fewer bytes per FLOP, i.e. more query rows per
+loaded K/V tile. A program therefore takes G = group_h * group_w
 neighbouring query blocks (pairs adjacent in w, then h: neighbours in the 3-D grid select the most common key blocks)
 as one 64 * G-row tile (one warpgroup per 64 rows, Hopper's m64 wgmma shape), and iterates the UNION of their
 selections in ascending order (``group_selection``: one sort of the G concatenated lists, keys block * G + member,
