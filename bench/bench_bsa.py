@@ -20,9 +20,10 @@ GPU time, most of it Triton compiling the swept configs (--quick: 3 configs).
    reference. CUDA-event timings (warm-up, L2 flushed before each rep, median): selection (pool + scores + top-k),
    the ascending sort, the kernel per config (auto key-range passes), then for the best config every pass count
    and the original's schedule (one pass, score order), the whole op, dense SDPA (flash, cuDNN) and FA3
-   (`flash_attn_interface`) when it imports. Inputs: iid normal (selections scattered over the whole key range: the
-   worst case for L2 reuse) and "rope" (a per-head content vector plus noise, rotated by a 3-D RoPE: scores fall off
-   with distance, neighbouring query blocks pick overlapping key blocks, as in real DiT heads).
+   (`fa3_fwd_interface` or `flash_attn_interface`) when one imports. Inputs: iid normal (selections scattered over
+   the whole key range: the worst case for L2 reuse) and "rope" (a per-head content vector plus noise, rotated by a
+   3-D RoPE: scores fall off with distance, neighbouring query blocks pick overlapping key blocks, as in real DiT
+   heads).
    TFLOP/s counts the selected blocks only: 4 * Sq * K_sel * 64 * D * H; K/V GB/s = gathered K/V bytes / time.
 
 --smoke runs the same flow at toy sizes (on CPU with TRITON_INTERPRET=1 when no GPU is present) to test the script.
@@ -402,15 +403,18 @@ def dense_baselines(q, k, v, timer, reps, dense_flops, device) -> dict:
         except Exception as e:
             res[name] = dict(error=f"{type(e).__name__}: {str(e)[:300]}")
         log(f"[dense] {name}: {res[name]}")
-    try:
-        import flash_attn_interface
+    from lc_runtime.ops.attention import fa3_interface
 
+    fa3 = fa3_interface()  # fa3-fwd (fa3_fwd_interface) or upstream FA3 (flash_attn_interface)
+    try:
+        if fa3 is None:
+            raise ImportError
         bshd = [x.transpose(1, 2).contiguous() for x in (q, k, v)]  # FA3 wants [B, S, H, D]
-        res["fa3"] = timer(lambda: flash_attn_interface.flash_attn_func(*bshd), reps)
+        res["fa3"] = timer(lambda: fa3.flash_attn_func(*bshd), reps)
         res["fa3"]["tflops"] = dense_flops / res["fa3"]["median_s"] / 1e12
         bshd.clear()
     except ImportError:
-        res["fa3"] = dict(error="flash_attn_interface not importable")
+        res["fa3"] = dict(error="neither fa3_fwd_interface nor flash_attn_interface imports")
     except Exception as e:
         res["fa3"] = dict(error=f"{type(e).__name__}: {str(e)[:300]}")
     log(f"[dense] fa3: {res['fa3']}")
