@@ -18,11 +18,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
 import triton
 import triton.language as tl
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import cuda_times, median  # noqa: E402
 
 
 @triton.jit
@@ -70,17 +74,8 @@ def run(mode: str, heads: int, grid, n_sel: int, iters: int = 5) -> dict:
     def launch():
         _gather_sum[(nb, heads)](*args, N_SEL=n_sel, RASTER=mode == "raster", D=d, num_warps=4)
 
-    launch()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        launch()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) / 1e3)
-    s = sorted(times)[len(times) // 2]
+    launch()  # JIT
+    s = median(cuda_times(launch, iters))
     gathered = 2 * heads * nb * n_sel * 64 * d * 2
     return {"mode": mode, "median_s": s, "gathered_gb": gathered / 1e9, "tb_per_s": gathered / s / 1e12}
 
