@@ -289,19 +289,21 @@ class Pipeline:
             timings["steps"] = cond.schedule.num_steps
         latents = latents.float()
         frames = None
-        if self.device.type == "cuda":
-            timings["denoise_peak_allocated_gb"] = torch.cuda.max_memory_allocated(self.device) / 1e9
-            timings["denoise_peak_reserved_gb"] = torch.cuda.max_memory_reserved(self.device) / 1e9
+        self._record_peak_memory(timings, "denoise_")
         if req.output_type == "np":
             t0 = time.perf_counter()
             frames = self.decode(latents, progress=progress)
             if cond.frames is not None:
                 frames = frames[cond.frames]
             timings["decode_s"] = time.perf_counter() - t0
-        if self.device.type == "cuda":
-            timings["peak_allocated_gb"] = torch.cuda.max_memory_allocated(self.device) / 1e9
-            timings["peak_reserved_gb"] = torch.cuda.max_memory_reserved(self.device) / 1e9
+        self._record_peak_memory(timings, "")
         return Output(latents=latents, frames=frames, fps=cond.fps, timings=timings)
+
+    def _record_peak_memory(self, timings: dict[str, float], prefix: str) -> None:
+        """Peak GPU memory so far (the caching allocator's allocated and reserved bytes, in GB); a no-op off CUDA."""
+        if self.device.type == "cuda":
+            timings[f"{prefix}peak_allocated_gb"] = torch.cuda.max_memory_allocated(self.device) / 1e9
+            timings[f"{prefix}peak_reserved_gb"] = torch.cuda.max_memory_reserved(self.device) / 1e9
 
     def _select_denoiser(self, compile: str, kernels: str, attention: str | None) -> tasks.Denoiser:
         """The attention backend, the DiT's kernel table and the step's runner, chosen once (DESIGN: a Denoiser

@@ -46,12 +46,20 @@ def sdpa_priority(attention: str):
 
 
 def build_aoti(
-    module: nn.Module, inputs: tuple[torch.Tensor, ...], path: str | Path, *, attention: str = "", **inductor_configs
+    module: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    path: str | Path,
+    *,
+    attention: str = "",
+    cxx: str | None = None,
+    **inductor_configs,
 ) -> None:
-    """Export ``module(*inputs)`` and compile it to the AOTInductor package ``path`` (``.pt2``), weights left out."""
-    from .cxx import choose_cxx
+    """Export ``module(*inputs)`` and compile it to the AOTInductor package ``path`` (``.pt2``), weights left out.
+    ``cxx``: the C++ compiler (default: :func:`lc_runtime.engines.cxx.choose_cxx`'s, one whose packages load)."""
+    if cxx is None:
+        from .cxx import choose_cxx
 
-    cxx, _, _ = choose_cxx()  # a compiler whose libstdc++ the loading process can run (see engines/cxx.py)
+        cxx = choose_cxx()[0]
     with torch.no_grad(), sdpa_priority(attention):
         program = torch.export.export(module.eval(), tuple(inputs), strict=False)
         configs = {"aot_inductor.package_constants_in_so": False, "cpp.cxx": (None, cxx), **inductor_configs}
@@ -85,14 +93,10 @@ def load_aoti_package(path: str | Path, *, run_single_threaded: bool, device_ind
     try:
         from torch.export.pt2_archive._package import AOTICompiledModel
 
-        loader_cls = torch._C._aoti.AOTIModelPackageLoader
-    except (ImportError, AttributeError):
-        loader_cls = None
-    if loader_cls is not None:
-        try:
-            return AOTICompiledModel(loader_cls(str(path), "model", run_single_threaded, 1, device_index))
-        except TypeError:  # another constructor signature: the public loader knows it
-            pass
+        loader = torch._C._aoti.AOTIModelPackageLoader(str(path), "model", run_single_threaded, 1, device_index)
+        return AOTICompiledModel(loader)
+    except (ImportError, AttributeError, TypeError):  # moved or re-signed in this torch: the public loader knows
+        pass
     from torch._inductor.package import load_package
 
     return load_package(str(path), run_single_threaded=run_single_threaded, device_index=device_index)

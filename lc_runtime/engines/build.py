@@ -252,7 +252,8 @@ def _build(sources, backend, profile, out, dev, dtype, graphs, progress, attenti
     if backend == "aoti":
         from .cxx import choose_cxx, version_text
 
-        _, libstdcxx, note = choose_cxx()
+        cxx, libstdcxx, note = choose_cxx()  # chosen once; _build_graph compiles every graph with it
+        manifest.versions["cxx"] = cxx
         manifest.versions["libstdcxx"] = version_text(libstdcxx)  # loading needs at least this one (cxx.py)
         if note:
             say(note)
@@ -297,7 +298,7 @@ def _build_component(name, load, checkpoint, staging, manifest, summary, graphs,
     for spec in specs:
         say(f"[{len(manifest.graphs) + 1}] {spec.name} ({backend}, {manifest.dtype}, profile {profile.name}) ...")
         t0 = time.perf_counter()
-        file = _build_graph(backend, spec, module, staging, export_device, dev, tensorrt_options, manifest.attention)
+        file = _build_graph(backend, spec, module, staging, export_device, dev, tensorrt_options, manifest)
         seconds = time.perf_counter() - t0
         size = _artefact_bytes(staging, spec.name)
         manifest.graphs[spec.name] = {"file": file, **spec.describe(), "build_seconds": round(seconds, 2)}
@@ -309,14 +310,14 @@ def _build_component(name, load, checkpoint, staging, manifest, summary, graphs,
         torch.cuda.empty_cache()
 
 
-def _build_graph(backend, spec: GraphSpec, module, folder: Path, export_device, device, trt_options, attention) -> str:
+def _build_graph(backend, spec: GraphSpec, module, folder: Path, export_device, device, trt_options, manifest) -> str:
     wrapper = spec.module(module)
     inputs = spec.sample_inputs(export_device)
     file = spec.name + SUFFIX[backend]
     if backend == "aoti":
         from .aoti import build_aoti
 
-        build_aoti(wrapper, inputs, folder / file, attention=attention)
+        build_aoti(wrapper, inputs, folder / file, attention=manifest.attention, cxx=manifest.versions["cxx"])
     elif backend == "onnx":
         from ..export.onnx_export import export_onnx
 
