@@ -25,6 +25,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from .manifest import EngineError
+
 _VERSION = re.compile(r"libstdc\+\+\.so\.(\d+(?:\.\d+)*)$")
 FALLBACKS = ("g++", "/usr/bin/g++", "c++", "/usr/bin/c++", "clang++")
 _which = shutil.which  # (tests replace it)
@@ -104,7 +106,7 @@ def choose_cxx(
 ) -> tuple[str, tuple[int, ...] | None, str]:
     """(compiler, its libstdc++ version, note): ``default`` (Inductor's) when it is compatible (a property that
     cannot be checked counts as compatible), else the first compatible candidate, with a note saying why. Raises
-    RuntimeError when there is none (a package built anyway would crash when loaded)."""
+    EngineError when there is none (a package built anyway would crash when loaded)."""
     default = default or inductor_cxx()
     loaded = loaded if loaded is not None else loaded_libstdcxx()
 
@@ -123,7 +125,7 @@ def choose_cxx(
         if cand != default and _which(cand) is not None and problem(cand) is None:
             note = f"C++ compiler {default} {why} (its packages crash when loaded); building with {cand}"
             return cand, compiler_libstdcxx(cand), note
-    raise RuntimeError(
+    raise EngineError(
         f"the C++ compiler {default} {why}, and no other compiler fits (tried "
         + ", ".join(candidates)
         + "): AOTInductor packages built with it crash when loaded. Set CXX to a compiler that links the libstdc++ "

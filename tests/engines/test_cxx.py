@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lc_runtime.engines import EngineMismatchError, cxx
-from lc_runtime.engines.manifest import Manifest
+from lc_runtime.engines.manifest import EngineError, Manifest
 
 
 def test_version_is_read_through_symlinks(tmp_path):
@@ -74,7 +74,7 @@ def test_a_compiler_that_links_libstdcxx_statically_is_replaced(compilers):
 
 def test_no_compatible_compiler_is_an_error_naming_the_versions(compilers):
     compilers.update({"/opt/gcc/bin/g++": (6, 0, 34)})
-    with pytest.raises(RuntimeError, match=r"6\.0\.34.*6\.0\.33.*CXX"):
+    with pytest.raises(EngineError, match=r"6\.0\.34.*6\.0\.33.*CXX"):
         cxx.choose_cxx("/opt/gcc/bin/g++", loaded=(6, 0, 33))
 
 
