@@ -173,6 +173,30 @@ def free_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def memory_breakdown() -> dict:
+    """Where the caching allocator's reserved memory is, now: segments grouped by memory pool (the default pool is
+    pool (0, 0); a CUDA graph's private pool has its own id) and stream, with their allocated (live) bytes, in GB,
+    plus the allocator's current and peak totals. {} without CUDA."""
+    if not torch.cuda.is_available():
+        return {}
+    groups: dict[str, dict] = {}
+    for seg in torch.cuda.memory._snapshot()["segments"]:
+        key = f"pool {tuple(seg.get('segment_pool_id', (0, 0)))} stream {seg.get('stream', 0)}"
+        g = groups.setdefault(key, {"segments": 0, "reserved_gb": 0.0, "allocated_gb": 0.0, "largest_gb": 0.0})
+        g["segments"] += 1
+        g["reserved_gb"] += seg["total_size"] / 1e9
+        g["allocated_gb"] += seg["allocated_size"] / 1e9
+        g["largest_gb"] = max(g["largest_gb"], seg["total_size"] / 1e9)
+    stats = torch.cuda.memory_stats()
+    return {
+        "allocated_gb": stats.get("allocated_bytes.all.current", 0) / 1e9,
+        "reserved_gb": stats.get("reserved_bytes.all.current", 0) / 1e9,
+        "peak_allocated_gb": stats.get("allocated_bytes.all.peak", 0) / 1e9,
+        "peak_reserved_gb": stats.get("reserved_bytes.all.peak", 0) / 1e9,
+        "by_pool": dict(sorted(groups.items(), key=lambda kv: -kv[1]["reserved_gb"])),
+    }
+
+
 # ---------------------------------------------------------------------------------------------- FLOPs
 def linear_flops(m: int, k: int, n: int) -> float:
     return 2.0 * m * k * n

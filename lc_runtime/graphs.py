@@ -91,11 +91,14 @@ def cuda_graph_capture(fn: Callable[[], torch.Tensor], *, warmup: int, pool) -> 
         for _ in range(warmup):
             fn()
     torch.cuda.current_stream().wait_stream(side)
+    # The warm-up's activations sit in the caching allocator under the side stream, where neither the capture
+    # (it allocates from the graph's private pool) nor any later allocation of the main stream can reuse them (a
+    # whole forward's worth at 480p batch 2): hand them back before the capture reserves its own, so the two are
+    # never reserved at once.
+    torch.cuda.empty_cache()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph, pool=pool):
         out = fn()
-    # The warm-up's activations sit in the caching allocator under the side stream, where no later allocation of
-    # the main stream can reuse them (a whole forward's worth, ~7 GB at 480p batch 2): hand them back.
     del side
     torch.cuda.empty_cache()
     return graph.replay, out

@@ -76,8 +76,9 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
-from lc_runtime.ops.block_sparse_attention import ascending_selection, group_selection
+from lc_runtime.ops.block_sparse_attention import ascending_selection, group_selection, reorder_to_blocks
 
 _LOG2E = 1.4426950408889634
 
@@ -87,7 +88,9 @@ class BsaKernelConfig:
     """Launch parameters. n_sub: key blocks per loop iteration (tile width 64 * n_sub keys); kv_passes: key-range
     passes (None: as many as keep a head's K/V slice within half the L2, see the design note); group_h x group_w:
     neighbouring query blocks per program (tile height 64 * group_h * group_w rows; they iterate the union of their
-    selections, see the design note)."""
+    selections, see the design note); tma: K/V tiles by TMA from a block-major copy (sm_90+; n_sub 1, no groups; see
+    "TMA variant" in the design note); warp_specialize: Triton's automatic producer/consumer warp specialization of
+    the TMA loop."""
 
     n_sub: int = 1
     num_warps: int = 4
@@ -95,6 +98,8 @@ class BsaKernelConfig:
     kv_passes: int | None = None
     group_h: int = 1
     group_w: int = 1
+    tma: bool = False
+    warp_specialize: bool = False
 
     @property
     def group(self) -> int:
@@ -332,6 +337,101 @@ def _bsa_fwd_kernel(
         tl.store(ACC + state_rows[:, None] * HEAD_DIM + offs_d[None, :], acc)
 
 
+@triton.jit(do_not_specialize=_NO_SPECIALIZE + ["nk_blocks"])
+def _bsa_fwd_tma_kernel(
+    Q,
+    desc_k,
+    desc_v,
+    O,
+    IDX,
+    START,
+    END,
+    ACC,
+    M_STATE,
+    L_STATE,
+    stride_qb,
+    stride_qh,
+    stride_qs,
+    stride_ob,
+    stride_oh,
+    stride_os,
+    stride_ib,
+    stride_ih,
+    stride_iq,
+    stride_cb,
+    stride_ch,
+    num_heads,
+    seq_q,
+    nk_blocks,
+    qk_scale,
+    q_grid_h,
+    q_grid_w,
+    q_blocks_h,
+    q_blocks_w,
+    CT: tl.constexpr,
+    CH: tl.constexpr,
+    CW: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    WARP_SPECIALIZE: tl.constexpr,
+    FIRST: tl.constexpr,
+    LAST: tl.constexpr,
+):
+    # The 64-row kernel above with its K/V gathers replaced by TMA tile loads: desc_k / desc_v describe block-major
+    # K / V as [B * H * nk_blocks * BLOCK, HEAD_DIM] with [BLOCK, HEAD_DIM] boxes, so a selected key block is one
+    # box at row (pid_bh * nk_blocks + blk) * BLOCK. Same arithmetic, in the same order, as _attend_tile.
+    BLOCK: tl.constexpr = CT * CH * CW
+    pid_q = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // num_heads).to(tl.int64)
+    h = (pid_bh % num_heads).to(tl.int64)
+    rb = tl.arange(0, BLOCK)
+    offs_d = tl.arange(0, HEAD_DIM)
+    qt = pid_q // (q_blocks_h * q_blocks_w)
+    qh = (pid_q // q_blocks_w) % q_blocks_h
+    qw = pid_q % q_blocks_w
+    q_rows = ((qt * CT + rb // (CH * CW)) * q_grid_h + qh * CH + (rb // CW) % CH) * q_grid_w + qw * CW + rb % CW
+    q_rows = q_rows.to(tl.int64)
+    q = tl.load(Q + b * stride_qb + h * stride_qh + q_rows[:, None] * stride_qs + offs_d[None, :])
+
+    idx_row = IDX + b * stride_ib + h * stride_ih + pid_q.to(tl.int64) * stride_iq
+    sel = b * stride_cb + h * stride_ch + pid_q
+    end = tl.load(END + sel)
+    state_rows = pid_bh.to(tl.int64) * seq_q + q_rows
+    if FIRST:
+        start = 0
+        m_i = tl.full([BLOCK], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK], tl.float32)
+        acc = tl.zeros([BLOCK, HEAD_DIM], tl.float32)
+    else:
+        start = tl.load(START + sel)
+        m_i = tl.load(M_STATE + state_rows)
+        l_i = tl.load(L_STATE + state_rows)
+        acc = tl.load(ACC + state_rows[:, None] * HEAD_DIM + offs_d[None, :])
+
+    kv_row0 = pid_bh * nk_blocks
+    for slot in tl.range(start, end, warp_specialize=WARP_SPECIALIZE):
+        row = (kv_row0 + tl.load(idx_row + slot)) * BLOCK
+        k = desc_k.load([row, 0])
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+        m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+        p = tl.math.exp2(s * qk_scale - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = desc_v.load([row, 0])
+        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PRECISION)
+        m_i = m_new
+
+    if LAST:
+        out = acc / l_i[:, None]
+        o_ptrs = O + b * stride_ob + h * stride_oh + q_rows[:, None] * stride_os + offs_d[None, :]
+        tl.store(o_ptrs, out.to(O.dtype.element_ty))
+    else:
+        tl.store(M_STATE + state_rows, m_i)
+        tl.store(L_STATE + state_rows, l_i)
+        tl.store(ACC + state_rows[:, None] * HEAD_DIM + offs_d[None, :], acc)
+
+
 @functools.lru_cache
 def _l2_bytes(device_index: int) -> int:
     return getattr(torch.cuda.get_device_properties(device_index), "L2_cache_size", 0)
@@ -382,6 +482,10 @@ def bsa_forward(
         raise ValueError(f"Triton BSA supports head_dim 16..256 (power of two); got q {list(q.shape)}")
     if cfg.group < 1 or cfg.group & (cfg.group - 1):
         raise ValueError(f"group_h * group_w must be a power of two; got {cfg.group_h} x {cfg.group_w}")
+    if cfg.tma and (cfg.group > 1 or cfg.n_sub != 1):
+        raise ValueError(f"the TMA kernel takes one key block per iteration and no groups; got {cfg}")
+    if cfg.tma and q.is_cuda and torch.cuda.get_device_capability(q.device)[0] < 9:
+        raise ValueError("the TMA kernel needs an sm_90+ GPU (Hopper or newer); use BsaKernelConfig(tma=False)")
     passes = cfg.kv_passes or auto_kv_passes(k)
     if order not in ("sort", "sorted", "as_given") or (order == "as_given" and (passes > 1 or cfg.group > 1)):
         raise ValueError(
@@ -414,6 +518,9 @@ def bsa_forward(
     grid = ((tq // ct) * -(-(hq // ch) // gh) * -(-(wq // cw) // gw), bsz * heads)
     # fp32 inputs get exact fp32 products (Triton would use TF32); bf16/fp16 ignore the setting.
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
+    if cfg.tma:
+        _launch_tma(q, k, v, out, idx, bounds, (acc, m_state, l_state), (tq, hq, wq), (tk, hk, wk), chunk_3d_shape, cfg)
+        return out
     for p in range(passes):
         start, end = bounds[p], bounds[p + 1]
         # fmt: off
@@ -434,6 +541,39 @@ def bsa_forward(
         else:
             _bsa_fwd_kernel[grid](*args, **meta)
     return out
+
+
+def _launch_tma(q, k, v, out, idx, bounds, state, latent_q, latent_k, chunk, cfg) -> None:
+    """The TMA kernel's passes: K and V copied to block-major order once (one read and one write of each, ~1.5 ms at
+    the 720p refine shape on an H200), then one [BLOCK, D] box per selected key block."""
+    bsz, heads, sq, d = q.shape
+    ct, ch, cw = (int(c) for c in chunk)
+    block = ct * ch * cw
+    (tq, hq, wq), sk = latent_q, k.shape[2]
+    descs = []
+    for x in (k, v):
+        blocked = reorder_to_blocks(x, latent_k, chunk).contiguous().view(bsz * heads * sk, d)
+        descs.append(TensorDescriptor(blocked, [bsz * heads * sk, d], [d, 1], [block, d]))
+    acc, m_state, l_state = state
+    grid = ((tq // ct) * (hq // ch) * (wq // cw), bsz * heads)
+    precision = "ieee" if q.dtype == torch.float32 else "tf32"
+    passes = len(bounds) - 1
+    for p in range(passes):
+        # fmt: off
+        args = (
+            q, *descs, out, idx, bounds[p], bounds[p + 1], acc, m_state, l_state,
+            q.stride(0), q.stride(1), q.stride(2), out.stride(0), out.stride(1), out.stride(2),
+            idx.stride(0), idx.stride(1), idx.stride(2), bounds[-1].stride(0), bounds[-1].stride(1),
+            heads, sq, sk // block, _LOG2E / math.sqrt(d), hq, wq, hq // ch, wq // cw,
+        )
+        # fmt: on
+        meta = dict(CT=ct, CH=ch, CW=cw, HEAD_DIM=d, DOT_PRECISION=precision, WARP_SPECIALIZE=cfg.warp_specialize)
+        meta.update(FIRST=p == 0, LAST=p == passes - 1, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        if q.is_cuda:
+            with torch.cuda.device(q.device):
+                _bsa_fwd_tma_kernel[grid](*args, **meta)
+        else:
+            _bsa_fwd_tma_kernel[grid](*args, **meta)
 
 
 def _pass_bounds(indices, counts, passes, latent_shape_k, chunk) -> list[torch.Tensor]:

@@ -361,7 +361,7 @@ def test_compile_fullgraph():
 def test_triton_kernel_in_interpreter():
     """Runs the Triton kernel on CPU (TRITON_INTERPRET=1, in a subprocess: the flag is read when kernels are
     defined) on the goldens (bf16) and on random fp32 cases (both selection orders, tail masking, strided layout,
-    different q/k grids, cdf counts, grouped query blocks incl. partial groups at the grid edge)."""
+    different q/k grids, cdf counts, grouped query blocks incl. partial groups at the grid edge, the TMA variant)."""
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO))
     proc = subprocess.run(
         [sys.executable, __file__, "--interpreter-worker"], env=env, capture_output=True, text=True, timeout=900
@@ -377,6 +377,17 @@ def test_triton_kernel_in_interpreter():
             assert r["max_vs_golden"] <= 2 * r["max_base"], r
         assert r.get("same_as_one_pass", True), r
         assert r.get("max_vs_ungrouped", 0.0) <= FP32_ATOL, r
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed (not a dependency)")
+@pytest.mark.parametrize("cfg", [dict(tma=True, group_w=2), dict(tma=True, n_sub=2)])
+def test_triton_tma_config_refuses_groups_and_wide_tiles(cfg):
+    from lc_runtime.ops.triton_bsa import BsaKernelConfig, bsa_forward
+
+    q = torch.randn(1, 1, 128, 32)
+    idx, counts = select_blocks_raster(q, q, (2, 8, 8), (2, 8, 8), 0.5, None, (2, 4, 8))
+    with pytest.raises(ValueError, match="TMA kernel"):
+        bsa_forward(q, q, q, idx, counts, (2, 8, 8), (2, 8, 8), (2, 4, 8), BsaKernelConfig(**cfg))
 
 
 def _install_interpreter_shims() -> list[str]:
@@ -452,10 +463,11 @@ def _interpreter_worker():
         ref16 = reorder_from_blocks(sparse_attention_ref(qb, kb, vb, idx, counts, upcast=False), lq, chunk)
         runs = [(1, 1, "score", (1, 1)), (1, 1, "ascending", (1, 1)), (2, 2, "ascending", (1, 1))]
         runs += [(1, 1, "ascending", (1, 2)), (1, 2, "ascending", (2, 2))]
+        runs += [(1, 1, "tma", (1, 1)), (1, 2, "tma", (1, 1))]
         for n_sub, passes, order, (gh, gw) in runs:
-            cfg = BsaKernelConfig(n_sub=n_sub, kv_passes=passes, group_h=gh, group_w=gw)
+            cfg = BsaKernelConfig(n_sub=n_sub, kv_passes=passes, group_h=gh, group_w=gw, tma=order == "tma")
             out = bsa_forward(
-                q, k, v, idx, counts, lq, lk, chunk, cfg, order="sort" if order == "ascending" else "as_given"
+                q, k, v, idx, counts, lq, lk, chunk, cfg, order="as_given" if order == "score" else "sort"
             )
             case = f"golden {name} n_sub={n_sub} passes={passes} {order} group={gh}x{gw}"
             rec = dict(case=case, **_errors(out, ref32, ref16))
@@ -476,13 +488,18 @@ def _interpreter_worker():
             ref32 = reorder_from_blocks(sparse_attention_ref(qb, kb, vb, idx, counts), lq)
             one_pass = None
             runs = [(1, 1, 1, 1), (2, 1, 1, 1), (1, 3, 1, 1), (2, 4, 1, 1), (1, 1, 1, 2), (1, 3, 2, 2), (2, 2, 2, 1)]
-            for n_sub, passes, gh, gw in runs if layout == "bhsd" else runs[::3]:
-                cfg = BsaKernelConfig(n_sub=n_sub, kv_passes=passes, group_h=gh, group_w=gw)
+            runs = [(*r, False) for r in (runs if layout == "bhsd" else runs[::3])] + [(1, 1, 1, 1, True)]
+            runs += [(1, 3, 1, 1, True)] if layout == "bhsd" else []
+            for n_sub, passes, gh, gw, tma in runs:
+                cfg = BsaKernelConfig(n_sub=n_sub, kv_passes=passes, group_h=gh, group_w=gw, tma=tma)
                 out = bsa_forward(q, k, v, idx, counts, lq, lk, (4, 4, 4), cfg)
                 rec = _errors(out, ref64, ref32)
                 case = f"fp32 {layout} sparsity={sparsity} cdf={cdf} n_sub={n_sub} passes={passes} group={gh}x{gw}"
+                case += " tma" if tma else ""
                 records.append(dict(case=case, **rec, counts=sorted(set(counts.flatten().tolist()))))
-                if n_sub == 1 and gh * gw == 1:  # key-range passes carry the exact fp32 state: same bits as one pass
+                # key-range passes carry the exact fp32 state, and the TMA kernel does the gathered kernel's
+                # arithmetic in the same order: the same bits as one pass of the gathered kernel
+                if n_sub == 1 and gh * gw == 1:
                     one_pass = out if one_pass is None else one_pass
                     records[-1]["same_as_one_pass"] = torch.equal(out, one_pass)
                 elif gh * gw > 1:  # groups only add masked (exactly zero) terms: the same sums up to fp32 rounding
