@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -85,12 +85,14 @@ def graph_key(dit: LongCatDiT, latents, timestep, text: TextContext, num_cond_la
 def cuda_graph_capture(fn: Callable[[], torch.Tensor], *, warmup: int, pool) -> tuple[Callable[[], None], torch.Tensor]:
     """Warm ``fn`` up on a side stream (Triton JIT, cuBLAS/cuDNN plans, RoPE tables), then capture one call into
     ``pool``. Returns (replay, static output)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(warmup):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
+    if warmup:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(warmup):
+                fn()
+        torch.cuda.current_stream().wait_stream(side)
+        del side
     # The warm-up's activations sit in the caching allocator under the side stream, where neither the capture
     # (it allocates from the graph's private pool) nor any later allocation of the main stream can reuse them (a
     # whole forward's worth at 480p batch 2): hand them back before the capture reserves its own, so the two are
@@ -99,7 +101,6 @@ def cuda_graph_capture(fn: Callable[[], torch.Tensor], *, warmup: int, pool) -> 
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph, pool=pool):
         out = fn()
-    del side
     torch.cuda.empty_cache()
     return graph.replay, out
 
@@ -154,6 +155,7 @@ class GraphDenoiser:
         self._pool = torch.cuda.graph_pool_handle() if capture is None and use_cuda_graph else None
         self._buckets: OrderedDict[GraphKey, _Bucket] = OrderedDict()
         self._texts: dict[tuple, tuple[TextContext, tuple | None]] = {}  # signature -> (static buffers, source id)
+        self._warmed: set[GraphKey] = set()  # buckets captured before (a re-capture after release() skips warm-up)
         self.captures = 0
         self.replays = 0
 
@@ -179,6 +181,18 @@ class GraphDenoiser:
         """Drop every captured graph and static buffer (frees their memory for the caching allocator)."""
         self._buckets.clear()
         self._texts.clear()
+
+    def release(self) -> None:
+        """Give the graphs' memory back to the GPU (between generations, e.g. before the VAE decode): drop every
+        graph and static buffer, start a fresh graph pool (a dropped pool is never captured into again) and empty
+        the allocator's cache. The next call captures again, without the eager warm-up for a bucket captured
+        before (kernels are compiled and tuned by then): about the CPU time of launching one forward."""
+        if not self._buckets and not self._texts:
+            return
+        self.reset()
+        if self._pool is not None:
+            self._pool = torch.cuda.graph_pool_handle()
+            torch.cuda.empty_cache()
 
     def _forward(self, latents, timestep, text, num_cond_latents, kv_cache):
         return self.dit(latents, timestep, text_context=text, num_cond_latents=num_cond_latents, kv_cache=kv_cache)
@@ -211,8 +225,10 @@ class GraphDenoiser:
         def step():
             return self._forward(static_latents, static_t, static_text, num_cond_latents, kv_cache)
 
+        warm_key = replace(key, kv_cache=None if key.kv_cache is None else key.kv_cache[0])  # shapes, not pointers
         with nvtx_range("graph capture"):
-            replay, out = self._capture(step, warmup=self.warmup, pool=self._pool)
+            replay, out = self._capture(step, warmup=0 if warm_key in self._warmed else self.warmup, pool=self._pool)
+        self._warmed.add(warm_key)
         self.captures += 1
         bucket = _Bucket(static_latents, static_t, static_text, replay, out, tables)
         self._buckets[key] = bucket

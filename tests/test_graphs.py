@@ -88,6 +88,48 @@ def test_denoise_loop_with_graph_denoiser_equals_eager():
     assert torch.equal(tasks.denoise(GraphDenoiser(dit, use_cuda_graph=False), cond, dit.dtype), eager)
 
 
+@torch.no_grad()
+def test_release_drops_graphs_and_recaptures_without_warmup():
+    dit = tiny_dit()
+    warmups = []
+
+    def capture(fn, *, warmup, pool):
+        warmups.append(warmup)
+        return eager_capture(fn)
+
+    den = GraphDenoiser(dit, use_cuda_graph=True, capture=capture, warmup=2)
+    x, t, text = inputs(dit)
+    kv = dit.prefill(x[:1, :, :1])
+    first = den(x, t, text, 0, kv)
+    den.release()
+    assert not den._buckets and not den._texts
+    den.release()  # nothing held: a no-op
+    assert torch.equal(den(x, t, text, 0, kv), first)
+    den(x, t, text, 0, dit.prefill(x[1:, :, :1]))  # a new cache of the same shape: a new graph, no warm-up
+    den(x, t, text, 1, None)  # a new shape: warmed up
+    assert warmups == [2, 0, 0, 2] and den.captures == 4
+
+
+def test_pipeline_releases_graphs_before_decode_unless_kept():
+    from lc_runtime.pipeline import Pipeline
+
+    calls = []
+
+    class Den:
+        def __call__(self, *a):
+            raise AssertionError("not called")
+
+        def release(self):
+            calls.append("release")
+
+    lat = torch.zeros(1, 16, 1, 8, 8)
+    for keep in (False, True):
+        pipe = Pipeline.from_pretrained("tiny")
+        pipe.denoiser, pipe.keep_graphs = Den(), keep
+        assert pipe.decode(lat, progress=False).shape[0] == 1
+    assert calls == ["release"]
+
+
 def test_cuda_graphs_need_cuda():
     with pytest.raises(ValueError, match="CUDA device"):
         GraphDenoiser(tiny_dit(), use_cuda_graph=True)

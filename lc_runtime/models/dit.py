@@ -341,19 +341,28 @@ class Block(nn.Module):
         self.cross_attn = CrossAttention(cfg)
         self.ffn = FeedForwardSwiGLU(cfg)
 
-    def forward(self, x, t, rope, text_kv, frames: int, num_cond_tokens: int = 0, kv_cache=None, grid=None):
+    def forward(
+        self, x, t, rope, text_kv, frames: int, num_cond_tokens: int = 0, kv_cache=None, grid=None, return_kv=False
+    ):
         """x [B, N, C]; t [B, T, Ct] fp32; rope (cos, sin); text_kv (k, v, mask) or None to skip cross-attn;
         kv_cache (k, v) of this block or None; grid (T, H, W) tokens (for block-sparse attention).
-        Returns (x, k, v) where k (roped), v are this call's keys."""
+        Returns (x, k, v) where k (roped), v are this call's keys when ``return_kv`` (else None, None)."""
         B, N, C = x.shape
         mods = self.adaLN_modulation(t).view(B, frames, 1, 6 * C).chunk(6, dim=-1)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods
+        # No local holds an activation longer than it is needed: the peak of a forward is this block's FFN, and
+        # whatever else is alive then (the attention input and output; k and v, where v is a view of the whole
+        # qkv GEMM output) adds to it, ~4 GB at 480p batch 2.
         xm = self.ops.modulate(x, shift_msa, scale_msa, frames)
         if kv_cache is None:
             a, k, v = self.attn(xm, *rope, num_cond_tokens, grid)
         else:
             a, k, v = self.attn.forward_cached(xm, *rope, *kv_cache), None, None
+        del xm
+        if not return_kv:
+            k = v = None
         x = self.ops.gated_add(x, gate_msa, a, frames)
+        del a
         if text_kv is not None:
             x = x + self._cross(x, text_kv, num_cond_tokens)
         x = self.ops.gated_add(x, gate_mlp, self.ffn(self.ops.modulate(x, shift_mlp, scale_mlp, frames)), frames)
@@ -543,7 +552,7 @@ class LongCatDiT(nn.Module):
             cache_i = None if kv_cache is None else (kv_cache.k[i], kv_cache.v[i])
             text_i = (text_context.k[i], text_context.v[i], text_context.mask)
             with nvtx_range(f"dit block {i}"):
-                x, _, _ = blk(x, t, rope, text_i, T, cond_tokens, cache_i, grid)
+                x = blk(x, t, rope, text_i, T, cond_tokens, cache_i, grid)[0]
         return self.unpatchify(self.final_layer(x, t, T), grid).float()
 
     def prefill(self, cond_latents: torch.Tensor, *, return_output: bool = False):
@@ -561,7 +570,7 @@ class LongCatDiT(nn.Module):
         ks, vs = [], []
         for i, blk in enumerate(self.blocks):
             with nvtx_range(f"dit prefill block {i}"):
-                x, k, v = blk(x, t, rope, None, T)
+                x, k, v = blk(x, t, rope, None, T, return_kv=True)
             ks.append(k)
             vs.append(v)
         cache = KVCache(torch.stack(ks), torch.stack(vs))

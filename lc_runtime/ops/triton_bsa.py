@@ -90,7 +90,7 @@ class BsaKernelConfig:
     neighbouring query blocks per program (tile height 64 * group_h * group_w rows; they iterate the union of their
     selections, see the design note); tma: K/V tiles by TMA from a block-major copy (sm_90+; n_sub 1, no groups; see
     "TMA variant" in the design note); warp_specialize: Triton's automatic producer/consumer warp specialization of
-    the TMA loop."""
+    the TMA loop; maxnreg: a register cap per thread for the TMA kernel (more programs per SM)."""
 
     n_sub: int = 1
     num_warps: int = 4
@@ -100,6 +100,7 @@ class BsaKernelConfig:
     group_w: int = 1
     tma: bool = False
     warp_specialize: bool = False
+    maxnreg: int | None = None
 
     @property
     def group(self) -> int:
@@ -569,6 +570,8 @@ def _launch_tma(q, k, v, out, idx, bounds, state, latent_q, latent_k, chunk, cfg
         # fmt: on
         meta = dict(CT=ct, CH=ch, CW=cw, HEAD_DIM=d, DOT_PRECISION=precision, WARP_SPECIALIZE=cfg.warp_specialize)
         meta.update(FIRST=p == 0, LAST=p == passes - 1, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        if cfg.maxnreg:
+            meta["maxnreg"] = cfg.maxnreg
         if q.is_cuda:
             with torch.cuda.device(q.device):
                 _bsa_fwd_tma_kernel[grid](*args, **meta)
