@@ -72,8 +72,10 @@ PASS_SWEEP = [1, 2, 3, 4, 6]
 # Measured on an H200 (bench/results/bsa_nvidia-h200_20261121-1805-tma.md): warp specialization with 4 warps does
 # not compile in Triton 3.6, with 8 warps it is no faster than without; key-range passes only slow the TMA kernel.
 # (num_warps, num_stages, maxnreg): stages 1 = no software pipeline, 48 KB of shared memory, up to 4 programs per SM.
-TMA_SWEEP = [(4, 3, None), (4, 2, None), (4, 1, None), (4, 1, 128), (4, 2, 168), (4, 4, None)]
-QUICK_TMA_SWEEP = [(4, 3, None), (4, 1, 128)]
+# (n_sub, num_warps, num_stages, maxnreg); n_sub 2: pairs of key blocks per softmax update.
+TMA_SWEEP = [(1, 4, 4, None), (1, 4, 1, 128), (2, 4, 1, None), (2, 4, 2, None), (2, 4, 3, None), (2, 8, 2, None)]
+TMA_SWEEP += [(2, 8, 3, None)]
+QUICK_TMA_SWEEP = [(1, 4, 3, None), (2, 4, 2, None)]
 
 
 def log(*args):
@@ -568,8 +570,8 @@ def main():
     sweep = QUICK_SWEEP if quick else SWEEP
     configs = [BsaKernelConfig(n_sub=a, num_warps=b, num_stages=c, group_h=g[0], group_w=g[1])
                for a, b, c, *g in ((*x, 1, 1) if len(x) == 3 else x for x in sweep)]  # fmt: skip
-    tma = [BsaKernelConfig(num_warps=w, num_stages=s, tma=True, maxnreg=r, kv_passes=1)
-           for w, s, r in (QUICK_TMA_SWEEP if quick else TMA_SWEEP)]  # fmt: skip
+    tma = [BsaKernelConfig(n_sub=n, num_warps=w, num_stages=s, tma=True, maxnreg=r, kv_passes=1)
+           for n, w, s, r in (QUICK_TMA_SWEEP if quick else TMA_SWEEP)]  # fmt: skip
     configs = {"gathered": configs, "tma": [BsaKernelConfig(), *tma], "all": configs + tma}[args.sweep]
     env = environment(device)
     tag = re.sub(r"[^a-z0-9]+", "_", env["gpu"].lower().replace("nvidia", "")).strip("_") or "gpu"

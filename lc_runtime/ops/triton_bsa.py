@@ -88,7 +88,8 @@ class BsaKernelConfig:
     """Launch parameters. n_sub: key blocks per loop iteration (tile width 64 * n_sub keys); kv_passes: key-range
     passes (None: as many as keep a head's K/V slice within half the L2, see the design note); group_h x group_w:
     neighbouring query blocks per program (tile height 64 * group_h * group_w rows; they iterate the union of their
-    selections, see the design note); tma: K/V tiles by TMA from a block-major copy (sm_90+; n_sub 1, no groups; see
+    selections, see the design note); tma: K/V tiles by TMA from a block-major copy (sm_90+; n_sub 1 or 2 (pairs of
+    blocks per softmax update), no groups; see
     "TMA variant" in the design note); warp_specialize: Triton's automatic producer/consumer warp specialization of
     the TMA loop; maxnreg: a register cap per thread for the TMA kernel (more programs per SM)."""
 
@@ -375,6 +376,7 @@ def _bsa_fwd_tma_kernel(
     HEAD_DIM: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     WARP_SPECIALIZE: tl.constexpr,
+    PAIRS: tl.constexpr,
     FIRST: tl.constexpr,
     LAST: tl.constexpr,
 ):
@@ -411,6 +413,27 @@ def _bsa_fwd_tma_kernel(
         acc = tl.load(ACC + state_rows[:, None] * HEAD_DIM + offs_d[None, :])
 
     kv_row0 = pid_bh * nk_blocks
+    if PAIRS:
+        # two selected blocks per iteration (one online-softmax update, one rescale of acc per pair), then the odd
+        # block out, if any, alone
+        n_pairs = (end - start) // 2
+        for it in tl.range(0, n_pairs, warp_specialize=WARP_SPECIALIZE):
+            slot = start + 2 * it
+            row_a = (kv_row0 + tl.load(idx_row + slot)) * BLOCK
+            row_b = (kv_row0 + tl.load(idx_row + slot + 1)) * BLOCK
+            s_a = tl.dot(q, tl.trans(desc_k.load([row_a, 0])), input_precision=DOT_PRECISION)
+            s_b = tl.dot(q, tl.trans(desc_k.load([row_b, 0])), input_precision=DOT_PRECISION)
+            m_new = tl.maximum(m_i, tl.maximum(tl.max(s_a, 1), tl.max(s_b, 1)) * qk_scale)
+            p_a = tl.math.exp2(s_a * qk_scale - m_new[:, None])
+            p_b = tl.math.exp2(s_b * qk_scale - m_new[:, None])
+            alpha = tl.math.exp2(m_i - m_new)
+            l_i = l_i * alpha + (tl.sum(p_a, 1) + tl.sum(p_b, 1))
+            v_a = desc_v.load([row_a, 0])
+            acc = tl.dot(p_a.to(v_a.dtype), v_a, acc * alpha[:, None], input_precision=DOT_PRECISION)
+            v_b = desc_v.load([row_b, 0])
+            acc = tl.dot(p_b.to(v_b.dtype), v_b, acc, input_precision=DOT_PRECISION)
+            m_i = m_new
+        start = start + 2 * n_pairs
     for slot in tl.range(start, end, warp_specialize=WARP_SPECIALIZE):
         row = (kv_row0 + tl.load(idx_row + slot)) * BLOCK
         k = desc_k.load([row, 0])
@@ -483,8 +506,8 @@ def bsa_forward(
         raise ValueError(f"Triton BSA supports head_dim 16..256 (power of two); got q {list(q.shape)}")
     if cfg.group < 1 or cfg.group & (cfg.group - 1):
         raise ValueError(f"group_h * group_w must be a power of two; got {cfg.group_h} x {cfg.group_w}")
-    if cfg.tma and (cfg.group > 1 or cfg.n_sub != 1):
-        raise ValueError(f"the TMA kernel takes one key block per iteration and no groups; got {cfg}")
+    if cfg.tma and (cfg.group > 1 or cfg.n_sub not in (1, 2)):
+        raise ValueError(f"the TMA kernel takes one or two key blocks per iteration and no groups; got {cfg}")
     if cfg.tma and q.is_cuda and torch.cuda.get_device_capability(q.device)[0] < 9:
         raise ValueError("the TMA kernel needs an sm_90+ GPU (Hopper or newer); use BsaKernelConfig(tma=False)")
     passes = cfg.kv_passes or auto_kv_passes(k)
@@ -569,6 +592,7 @@ def _launch_tma(q, k, v, out, idx, bounds, state, latent_q, latent_k, chunk, cfg
         )
         # fmt: on
         meta = dict(CT=ct, CH=ch, CW=cw, HEAD_DIM=d, DOT_PRECISION=precision, WARP_SPECIALIZE=cfg.warp_specialize)
+        meta["PAIRS"] = cfg.n_sub == 2
         meta.update(FIRST=p == 0, LAST=p == passes - 1, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         if cfg.maxnreg:
             meta["maxnreg"] = cfg.maxnreg

@@ -380,7 +380,7 @@ def test_triton_kernel_in_interpreter():
 
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed (not a dependency)")
-@pytest.mark.parametrize("cfg", [dict(tma=True, group_w=2), dict(tma=True, n_sub=2)])
+@pytest.mark.parametrize("cfg", [dict(tma=True, group_w=2), dict(tma=True, n_sub=4)])
 def test_triton_tma_config_refuses_groups_and_wide_tiles(cfg):
     from lc_runtime.ops.triton_bsa import BsaKernelConfig, bsa_forward
 
@@ -463,7 +463,7 @@ def _interpreter_worker():
         ref16 = reorder_from_blocks(sparse_attention_ref(qb, kb, vb, idx, counts, upcast=False), lq, chunk)
         runs = [(1, 1, "score", (1, 1)), (1, 1, "ascending", (1, 1)), (2, 2, "ascending", (1, 1))]
         runs += [(1, 1, "ascending", (1, 2)), (1, 2, "ascending", (2, 2))]
-        runs += [(1, 1, "tma", (1, 1)), (1, 2, "tma", (1, 1))]
+        runs += [(1, 1, "tma", (1, 1)), (1, 2, "tma", (1, 1)), (2, 1, "tma", (1, 1)), (2, 2, "tma", (1, 1))]
         for n_sub, passes, order, (gh, gw) in runs:
             cfg = BsaKernelConfig(n_sub=n_sub, kv_passes=passes, group_h=gh, group_w=gw, tma=order == "tma")
             out = bsa_forward(
@@ -489,7 +489,7 @@ def _interpreter_worker():
             one_pass = None
             runs = [(1, 1, 1, 1), (2, 1, 1, 1), (1, 3, 1, 1), (2, 4, 1, 1), (1, 1, 1, 2), (1, 3, 2, 2), (2, 2, 2, 1)]
             runs = [(*r, False) for r in (runs if layout == "bhsd" else runs[::3])] + [(1, 1, 1, 1, True)]
-            runs += [(1, 3, 1, 1, True)] if layout == "bhsd" else []
+            runs += [(1, 3, 1, 1, True), (2, 1, 1, 1, True), (2, 3, 1, 1, True)] if layout == "bhsd" else []
             for n_sub, passes, gh, gw, tma in runs:
                 cfg = BsaKernelConfig(n_sub=n_sub, kv_passes=passes, group_h=gh, group_w=gw, tma=tma)
                 out = bsa_forward(q, k, v, idx, counts, lq, lk, (4, 4, 4), cfg)
