@@ -529,7 +529,7 @@ def summary_markdown(results) -> str:
             lines += ["", f"Fastest validated kernel config on {kind} inputs: `{full[kind]['best_config']}`."]
     if full.get("iid", {}).get("best_config"):
         lines += ["", f"Fastest kernel config on iid inputs: `{full['iid']['best_config']}` (candidate for "
-                  "`DEFAULT_CONFIG` in lc_runtime/ops/triton_bsa.py; 'auto' passes = "
+                  "`TMA_CONFIG` / `DEFAULT_CONFIG` in lc_runtime/ops/triton_bsa.py; 'auto' passes = "
                   f"{full['iid']['auto_kv_passes']} here)."]  # fmt: skip
     lines += ["", "Reference points (DESIGN.md, H200): original BSA 0.106 s, dense FA3 0.666 s; target <= 0.060 s."]
     return "\n".join(lines) + "\n"

@@ -108,19 +108,33 @@ class BsaKernelConfig:
         return self.group_h * self.group_w
 
 
-# The original's preset for 64-token blocks (num_warps 4, num_stages 3; SPEC §5 step 4) until bench/bench_bsa.py's
-# sweep on an H100/H200 says otherwise.
+# The original's preset for 64-token blocks (num_warps 4, num_stages 3; SPEC §5 step 4): the gathered kernel, any GPU.
 DEFAULT_CONFIG = BsaKernelConfig()
+# Hopper and newer: the TMA kernel, one pass (bench/results/bsa_nvidia-h200_20261121-1819-tma.md: 0.072 s at the 720p
+# refine shape against 0.108 s for DEFAULT_CONFIG; key-range passes and pairs of blocks per update were slower).
+TMA_CONFIG = BsaKernelConfig(num_stages=4, kv_passes=1, tma=True)
 # Grouped variant: pairs of w-neighbouring query blocks, 128-row tiles over the union of their selections (two
 # warpgroups). Wins when neighbours share selections (real / RoPE-structured heads), loses on iid inputs.
 GROUPED_CONFIG = BsaKernelConfig(num_warps=8, num_stages=3, group_w=2)
+_override: BsaKernelConfig | None = None
 
 
-def set_default_config(config: BsaKernelConfig) -> BsaKernelConfig:
-    """Make ``config`` the op's launch configuration (bench/bench_bsa.py, after validating it); returns the old one."""
-    global DEFAULT_CONFIG
-    old, DEFAULT_CONFIG = DEFAULT_CONFIG, config
+def set_default_config(config: BsaKernelConfig | None) -> BsaKernelConfig | None:
+    """Make ``config`` the op's launch configuration on every device (bench/bench_bsa.py, after validating it;
+    None: back to the automatic choice, :func:`default_config`); returns the previous override."""
+    global _override
+    old, _override = _override, config
     return old
+
+
+def default_config(q: torch.Tensor) -> BsaKernelConfig:
+    """The launch configuration the op uses for ``q``: an override (:func:`set_default_config`), else the TMA
+    kernel on sm_90+ GPUs, else the gathered kernel."""
+    if _override is not None:
+        return _override
+    if q.is_cuda and torch.cuda.get_device_capability(q.device)[0] >= 9:
+        return TMA_CONFIG
+    return DEFAULT_CONFIG
 
 
 @triton.jit
@@ -496,7 +510,7 @@ def bsa_forward(
     Returns [B, H, Sq, D] laid out like ``torch.empty_like(q)``, or writes ``out`` (same shape and dtype as q,
     unit stride along D). Runs on CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1.
     """
-    cfg = config or DEFAULT_CONFIG
+    cfg = config or default_config(q)
     bsz, heads, sq, d = q.shape
     ct, ch, cw = (int(c) for c in chunk_3d_shape)
     block = ct * ch * cw
