@@ -169,6 +169,35 @@ def test_reference_matches_golden_output(golden, name):
     assert_within_precision(out_op, ref32, ref16, f"{name}: op vs fp32 reference")
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the Triton kernels)")
+@pytest.mark.parametrize("name", GOLDEN_CASES)
+def test_op_on_cuda_matches_golden(golden, name):
+    """The op on the GPU with its default launch configuration (the TMA kernel on sm_90+) and every kernel variant:
+    the golden selection exactly, outputs within bf16 precision of the fp32 reference."""
+    from lc_runtime.ops import triton_bsa
+
+    meta, q, k, v, gold_out, gold_idx, gold_lens = golden_case(golden, name)
+    lq, lk, chunk = meta["latent_shape_q"], meta["latent_shape_k"], meta["chunk_3d_shape"]
+    blk = math.prod(chunk)
+    qb, kb, vb = reorder_to_blocks(q, lq, chunk), reorder_to_blocks(k, lk, chunk), reorder_to_blocks(v, lk, chunk)
+    ref32 = reorder_from_blocks(sparse_attention_ref(qb, kb, vb, gold_idx, gold_lens, blk, blk), lq, chunk)
+    ref16 = reorder_from_blocks(
+        sparse_attention_ref(qb, kb, vb, gold_idx, gold_lens, blk, blk, upcast=False), lq, chunk
+    )
+    qc, kc, vc = (x.cuda() for x in (q, k, v))
+    idx, counts = select_blocks_raster(qc, kc, lq, lk, meta["sparsity"], None, chunk)
+    assert torch.equal(idx.cpu(), gold_idx) and torch.equal(counts.cpu(), gold_lens)
+    hopper = torch.cuda.get_device_capability()[0] >= 9
+    assert triton_bsa.default_config(qc) == (triton_bsa.TMA_CONFIG if hopper else triton_bsa.DEFAULT_CONFIG)
+    out = block_sparse_attention(qc, kc, vc, lq, lk, meta["sparsity"], None, chunk)
+    assert_within_precision(out.cpu(), ref32, ref16, f"{name}: op (default config) on CUDA")
+    configs = [triton_bsa.DEFAULT_CONFIG, triton_bsa.GROUPED_CONFIG]
+    configs += [triton_bsa.TMA_CONFIG, triton_bsa.BsaKernelConfig(n_sub=2, tma=True, kv_passes=2)] if hopper else []
+    for cfg in configs:
+        out = triton_bsa.bsa_forward(qc, kc, vc, idx, counts, lq, lk, chunk, cfg)
+        assert_within_precision(out.cpu(), ref32, ref16, f"{name}: {cfg}")
+
+
 # ---------------------------------------------------------------------------------------------- modes / shapes
 
 
