@@ -228,7 +228,9 @@ class E2E:
         free_memory()
         rec["memory_after_empty_cache"] = common.memory_breakdown()
 
-    def generate(self, rec):
+    def timed_generation(self, rec):
+        """One full generation (text encoder off the GPU, peak stats reset first): the output and per-step times;
+        fills rec with the totals, steps, timings and peak memory."""
         a = self.args
         self.use_stub()
         timer = StepTimer(self.pipe.denoiser)
@@ -244,6 +246,10 @@ class E2E:
         steps = timer.times()
         rec |= {"steps": a.steps, "step_s": steps, "median_step_s": median(steps), "timings": out.timings}
         rec |= peak_stats()
+        return out, steps
+
+    def generate(self, rec):
+        out, _ = self.timed_generation(rec)
         rec["memory_after"] = common.memory_breakdown()
         if out.frames is not None:
             rec["frames"] = list(out.frames.shape)
@@ -252,17 +258,8 @@ class E2E:
     def again(self, rec):
         """A second generation in the same process, as a server runs them: its first step captures the graphs
         again (released before the previous decode), without the eager warm-up."""
-        a = self.args
-        self.use_stub()
-        timer = StepTimer(self.pipe.denoiser)
-        self.pipe.denoiser = timer
-        free_memory()
-        reset_peak()
-        out = self.pipe.generate(**self.request(a.steps, "latent" if a.no_decode else "np"))
-        sync()
-        self.pipe.denoiser = timer.inner
-        steps = timer.times()
-        rec |= {"step_s": steps, "first_step_s": steps[0], "timings": out.timings} | peak_stats()
+        _, steps = self.timed_generation(rec)
+        rec["first_step_s"] = steps[0]
         if len(steps) > 1:
             rec["recapture_s"] = steps[0] - median(steps[1:])  # the first step's extra time
 

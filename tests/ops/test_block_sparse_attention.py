@@ -101,6 +101,17 @@ def golden_case(golden, name):
     return meta, q, k, v, case[f"{name}.out"], case[f"{name}.block_indices"], case[f"{name}.block_indices_lens"]
 
 
+def golden_references(meta, q, k, v, idx, lens):
+    """(fp32 reference, bf16 torch computation) of a golden case's attention over its golden selection, raster
+    order: the pair that bounds a bf16 kernel's error (STYLE #9)."""
+    lq, lk, chunk = meta["latent_shape_q"], meta["latent_shape_k"], meta["chunk_3d_shape"]
+    blk = math.prod(chunk)
+    qb, kb, vb = reorder_to_blocks(q, lq, chunk), reorder_to_blocks(k, lk, chunk), reorder_to_blocks(v, lk, chunk)
+    ref32 = reorder_from_blocks(sparse_attention_ref(qb, kb, vb, idx, lens, blk, blk), lq, chunk)
+    ref16 = reorder_from_blocks(sparse_attention_ref(qb, kb, vb, idx, lens, blk, blk, upcast=False), lq, chunk)
+    return ref32, ref16
+
+
 # ---------------------------------------------------------------------------------------------- reorder
 
 
@@ -149,12 +160,7 @@ def test_selection_matches_golden_exactly(golden, name):
 def test_reference_matches_golden_output(golden, name):
     meta, q, k, v, gold_out, gold_idx, gold_lens = golden_case(golden, name)
     lq, lk, chunk = meta["latent_shape_q"], meta["latent_shape_k"], meta["chunk_3d_shape"]
-    blk = math.prod(chunk)
-    qb, kb, vb = reorder_to_blocks(q, lq, chunk), reorder_to_blocks(k, lk, chunk), reorder_to_blocks(v, lk, chunk)
-    ref32 = reorder_from_blocks(sparse_attention_ref(qb, kb, vb, gold_idx, gold_lens, blk, blk), lq, chunk)
-    ref16 = reorder_from_blocks(
-        sparse_attention_ref(qb, kb, vb, gold_idx, gold_lens, blk, blk, upcast=False), lq, chunk
-    )
+    ref32, ref16 = golden_references(meta, q, k, v, gold_idx, gold_lens)
     # The original kernel (bf16 in/out, fp32 accumulation, bf16 P) must sit within bf16 precision of the fp32
     # reference: no further from it than 2x a plain bf16 computation of the same attention.
     assert_within_precision(gold_out, ref32, ref16, f"{name}: golden vs fp32 reference")
@@ -178,12 +184,7 @@ def test_op_on_cuda_matches_golden(golden, name):
 
     meta, q, k, v, gold_out, gold_idx, gold_lens = golden_case(golden, name)
     lq, lk, chunk = meta["latent_shape_q"], meta["latent_shape_k"], meta["chunk_3d_shape"]
-    blk = math.prod(chunk)
-    qb, kb, vb = reorder_to_blocks(q, lq, chunk), reorder_to_blocks(k, lk, chunk), reorder_to_blocks(v, lk, chunk)
-    ref32 = reorder_from_blocks(sparse_attention_ref(qb, kb, vb, gold_idx, gold_lens, blk, blk), lq, chunk)
-    ref16 = reorder_from_blocks(
-        sparse_attention_ref(qb, kb, vb, gold_idx, gold_lens, blk, blk, upcast=False), lq, chunk
-    )
+    ref32, ref16 = golden_references(meta, q, k, v, gold_idx, gold_lens)
     qc, kc, vc = (x.cuda() for x in (q, k, v))
     idx, counts = select_blocks_raster(qc, kc, lq, lk, meta["sparsity"], None, chunk)
     assert torch.equal(idx.cpu(), gold_idx) and torch.equal(counts.cpu(), gold_lens)
