@@ -441,7 +441,7 @@ class Bench:
                 den = make_denoiser(self.dit, a)
                 rec["fast_warmup_s"] = wall(lambda: den(x, t, ctx, 0, None))
                 rec["fast"] = timed(lambda: den(x, t, ctx, 0, None), 1)
-                den.reset()  # frees its graph pool before the eager run
+                den.release()  # frees its graph pool before the eager run
                 self.dit.use_kernels("torch", attention=self.backend)
                 rec["eager_warmup_s"] = wall(lambda: self.dit(x, t, y, mask))
                 rec["eager"] = timed(lambda: self.dit(x, t, y, mask), 1)

@@ -177,11 +177,6 @@ class GraphDenoiser:
         self.replays += 1
         return bucket.out.clone()
 
-    def reset(self) -> None:
-        """Drop every captured graph and static buffer (frees their memory for the caching allocator)."""
-        self._buckets.clear()
-        self._texts.clear()
-
     def release(self) -> None:
         """Give the graphs' memory back to the GPU (between generations, e.g. before the VAE decode): drop every
         graph and static buffer, start a fresh graph pool (a dropped pool is never captured into again) and empty
@@ -189,7 +184,8 @@ class GraphDenoiser:
         before (kernels are compiled and tuned by then): about the CPU time of launching one forward."""
         if not self._buckets and not self._texts:
             return
-        self.reset()
+        self._buckets.clear()
+        self._texts.clear()
         if self._pool is not None:
             self._pool = torch.cuda.graph_pool_handle()
             torch.cuda.empty_cache()

@@ -84,10 +84,10 @@ class Pipeline:
         ``kernels``: "auto" (triton on CUDA), "torch" or
         "triton" (fused DiT kernels); ``attention``: a backend of ``lc_runtime.ops.attention`` (None: the best
         the device offers). All three are chosen once, here (see :meth:`_select_denoiser`). ``keep_graphs``:
-        keep the step's CUDA graphs (and their activation memory, ~8 GB at 480p) through the VAE decode and into
-        the next generation, instead of releasing them before decoding and capturing again (without warm-up) at
-        the next generation's first step: a lower peak by default, about a second less per generation when
-        kept."""
+        keep the step's CUDA graphs (and their activation memory, 9.5 GB at 480p batch 2 on an H200) through the VAE
+        decode and into the next generation, instead of releasing them before decoding and capturing again (without
+        warm-up) at the next generation's first step: a lower peak by default; keeping them saved 0.06 s per
+        generation on the H200."""
         self.keep_graphs = keep_graphs
         self.dit, self.vae, self.text_encoder, self.scheduler = dit, vae, text_encoder, scheduler
         self.lora_sources = loras  # name -> path (or in-memory modules for the tiny model), loaded lazily

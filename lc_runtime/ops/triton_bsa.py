@@ -572,7 +572,8 @@ def bsa_forward(
     # fp32 inputs get exact fp32 products (Triton would use TF32); bf16/fp16 ignore the setting.
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
     if cfg.tma:
-        _launch_tma(q, k, v, out, idx, bounds, (acc, m_state, l_state), (tq, hq, wq), (tk, hk, wk), chunk_3d_shape, cfg)
+        _launch_tma(q, k, v, out, idx, bounds, (acc, m_state, l_state), (hq, wq), (tk, hk, wk), chunk_3d_shape, cfg,
+                    grid, precision)  # fmt: skip
         return out
     for p in range(passes):
         start, end = bounds[p], bounds[p + 1]
@@ -596,20 +597,18 @@ def bsa_forward(
     return out
 
 
-def _launch_tma(q, k, v, out, idx, bounds, state, latent_q, latent_k, chunk, cfg) -> None:
+def _launch_tma(q, k, v, out, idx, bounds, state, q_hw, latent_k, chunk, cfg, grid, precision) -> None:
     """The TMA kernel's passes: K and V copied to block-major order once (one read and one write of each, ~1.5 ms at
     the 720p refine shape on an H200), then one [BLOCK, D] box per selected key block."""
     bsz, heads, sq, d = q.shape
     ct, ch, cw = (int(c) for c in chunk)
     block = ct * ch * cw
-    (tq, hq, wq), sk = latent_q, k.shape[2]
+    (hq, wq), sk = q_hw, k.shape[2]
     descs = []
     for x in (k, v):
         blocked = reorder_to_blocks(x, latent_k, chunk).contiguous().view(bsz * heads * sk, d)
         descs.append(TensorDescriptor(blocked, [bsz * heads * sk, d], [d, 1], [block, d]))
     acc, m_state, l_state = state
-    grid = ((tq // ct) * (hq // ch) * (wq // cw), bsz * heads)
-    precision = "ieee" if q.dtype == torch.float32 else "tf32"
     passes = len(bounds) - 1
     for p in range(passes):
         # fmt: off
