@@ -197,7 +197,8 @@ def markdown(r: dict) -> str:
         "",
         f"DiT `{cfg.get('config')}` (depth {env.get('depth')}, {env.get('params_b', 0):.2f} B params, random weights), "
         f"profile `{cfg.get('profile')}` (latents {env.get('latent_shape')}, {env.get('tokens')} tokens, batch "
-        f"{env.get('batch')}), {cfg.get('dtype')}, {env.get('step_tflop', 0):.0f} TFLOP per step.",
+        f"{env.get('batch')}{', block-sparse attention' if env.get('bsa') else ''}), {cfg.get('dtype')}, "
+        f"{env.get('step_tflop', 0):.0f} TFLOP per step (dense-attention count).",
         f"torch {env.get('torch')}, CUDA {env.get('cuda')}, triton {env.get('triton')}, "
         f"lc-runtime {env.get('lc_runtime')}.",
         "",
@@ -261,7 +262,7 @@ def main(argv=None) -> int:
     run = Run(args, Path(args.out))
     device = torch.device(args.device)
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
-    profile = resolve_profile(args.profile)
+    profile = resolve_profile(args.profile, bsa=args.bsa, cond_latents=(0,))  # every stage runs dit_forward_nc0
     run.results["env"] = environment(device)
     live: dict = {}  # the random-weight DiT and one step's inputs, (re)made on demand, dropped for the cold start
     state: dict = {"ref": None, "eager_s": None, "engine_s": None}
@@ -270,6 +271,8 @@ def main(argv=None) -> int:
         if not live:
             t0 = time.perf_counter()
             live["dit"] = random_dit(args.config, args.depth, device, dtype)
+            if profile.bsa:  # a refinement profile: every stage runs block-sparse attention, as refinement does
+                live["dit"].enable_bsa()
             sync(device)
             run.results["env"].update(model_facts(live["dit"], profile, time.perf_counter() - t0))
             live["inputs"] = step_inputs(live["dit"], profile)
@@ -430,6 +433,7 @@ def stage_cold_start(engine_dir, profile, dit_args, run) -> dict:
     cmd += ["--config", dit_args["config"], "--device", dit_args["device"], "--dtype", dit_args["dtype"]]
     if dit_args["depth"] is not None:
         cmd += ["--depth", str(dit_args["depth"])]
+    cmd.append("--bsa" if profile.bsa else "--no-bsa")
     env = dict(os.environ, LC_BENCH_SPAWN=repr(time.time()))
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=max(30.0, run.left() - 5))
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("CHILD_RESULT ")]
@@ -458,9 +462,12 @@ def cold_start_child(args) -> int:
     dit = random_dit(args.config, args.depth, device, {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype])
     sync(device)
     marks["weights"] = time.time()
+    profile = resolve_profile(args.profile, bsa=args.bsa, cond_latents=(0,))
+    if profile.bsa:
+        dit.enable_bsa()
     den = load_engines(args.child, modules={"dit": dit}, use_cuda_graph=False).denoiser()
     marks["engine_loaded"] = time.time()
-    latents, t, text = step_inputs(dit, resolve_profile(args.profile))
+    latents, t, text = step_inputs(dit, profile)
     sync(device)
     marks["inputs_ready"] = time.time()
     with torch.no_grad():
@@ -511,6 +518,7 @@ def model_facts(dit, profile, weights_s: float) -> dict:
         "depth": dit.config.depth,
         "params_b": params / 1e9,
         "latent_shape": list(profile.latent_shape()),
+        "bsa": profile.bsa,
         "tokens": profile.tokens,
         "batch": profile.batch,
         "step_tflop": flops_per_step(dit.config, profile) / 1e12,
@@ -529,6 +537,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default=str(REPO / "bench" / "results"), help="folder for the JSON and markdown")
     p.add_argument("--time-budget", type=float, default=540.0, help="seconds for the whole run (default 540)")
     p.add_argument("--profile", default="480p-93f", help="shape profile (default 480p-93f: 37,440 tokens, batch 2)")
+    p.add_argument(
+        "--bsa",
+        action=argparse.BooleanOptionalAction,
+        help="block-sparse attention in every stage and the engine (default: the profile's, on for 720p-refine)",
+    )
     p.add_argument("--config", default="longcat-13b", choices=["longcat-13b", "tiny"], help="DiT flavour")
     p.add_argument("--depth", type=int, help="override the number of blocks (quick runs)")
     p.add_argument("--steps", type=int, default=3, help="timed steps per measurement (default 3)")

@@ -56,7 +56,7 @@ class GenerateOptions:
     kernels: str = "auto"
     attention: str | None = None
     nvtx: bool = False
-    engines: Path | None = None
+    engines: tuple[Path, ...] = ()
 
     @property
     def prompt(self) -> str | None:
@@ -98,7 +98,13 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
         "--attention", choices=["fa3", "cudnn", "flash", "efficient", "sdpa", "math"], help="default: best available"
     )
     p.add_argument("--nvtx", action="store_true", help="NVTX ranges (text, steps, blocks, VAE) for nsys profile")
-    p.add_argument("--engines", type=Path, help="run the DiT steps from engines built by `lc-runtime build-engines`")
+    p.add_argument(
+        "--engines",
+        type=Path,
+        action="append",
+        help="run the DiT steps from engines built by `lc-runtime build-engines`; repeat it to give several folders "
+        "(e.g. a 480p-93f one and a 720p-refine one for --refine): each step runs on the first that fits",
+    )
     p.add_argument("--out", type=Path, required=True, help="output .mp4 path")
 
 
@@ -143,7 +149,7 @@ def parse_generate_options(args: argparse.Namespace) -> GenerateOptions:
         kernels=args.kernels,
         attention=args.attention,
         nvtx=args.nvtx,
-        engines=args.engines,
+        engines=tuple(args.engines or ()),
     )
 
 

@@ -196,11 +196,11 @@ def run_generate(opts) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
     speed = {"compile": opts.compile, "kernels": opts.kernels, "attention": opts.attention}
     pipe = Pipeline.from_pretrained(opts.model, device=device, dtype=resolve_dtype(opts.dtype), **speed)
-    if opts.engines is not None:
-        from .engines.runtime import engines_for_pipeline
+    if opts.engines:
+        from .engines.runtime import engine_denoiser_for_pipeline
 
         model_dir = None if opts.model == "tiny" else opts.model
-        pipe.denoiser = engines_for_pipeline(pipe, opts.engines, model_dir=model_dir).denoiser()
+        pipe.denoiser = engine_denoiser_for_pipeline(pipe, opts.engines, model_dir=model_dir)
     summary = _run_long(pipe, opts) if opts.task == "long" else _run_single(pipe, opts)
     summary["per_step_s"] = summary["denoise_s"] / max(summary["steps"], 1)
     summary["peak_memory_gb"], summary["memory_kind"] = peak_memory(device)

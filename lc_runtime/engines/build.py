@@ -13,6 +13,7 @@ Where each backend traces and builds:
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import shutil
@@ -132,11 +133,18 @@ def _check_request(backend: str, device: torch.device, dtype: torch.dtype, out: 
         raise EngineError(f"{out} exists and is not empty; pass --overwrite to replace it")
 
 
-def _prepare(backend, profile, batch, device, dtype, out, overwrite):
-    """Validate a request before anything heavy happens; returns (profile, device, dtype, out)."""
-    profile = resolve_profile(profile, batch=batch)
+def _prepare(backend, profile, shape_options, device, dtype, out, overwrite):
+    """Validate a request before anything heavy happens; returns (profile, device, dtype, out).
+    ``shape_options``: resolve_profile's overrides (batch, bsa, cond_latents)."""
+    profile = resolve_profile(profile, **shape_options)
     if backend not in BACKENDS:
         raise EngineError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if profile.bsa and backend != "aoti":
+        raise EngineError(
+            f"profile {profile.name} has block-sparse attention, which only aoti engines hold (its selection and "
+            f"Triton kernel are one custom op that ONNX cannot express); build {backend} with --no-bsa (dense "
+            "attention, ~8x the attention time at the 720p refine size) or use --backend aoti"
+        )
     if backend == "tensorrt":
         from .tensorrt import import_tensorrt
 
@@ -160,6 +168,8 @@ def build_engines(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     batch: int | None = None,
+    bsa: bool | None = None,
+    cond_latents: tuple[int, ...] | None = None,
     overwrite: bool = False,
     attention: str | None = None,
     tensorrt_options=None,
@@ -169,17 +179,25 @@ def build_engines(
 
     ``components``: subset of ("text_encoder", "vae", "dit") (default all); ``graphs``: subset of graph names
     (default all of the profile); ``dtype``: default bf16 on CUDA, fp32 on the CPU; ``batch``: override the
-    profile's DiT batch (1 = no CFG); ``attention``: the attention backend traced into aoti graphs
+    profile's DiT batch (1 = no CFG); ``bsa``: block-sparse attention in the DiT forward graphs on/off (default:
+    the profile's, on for ``720p-refine``; aoti only); ``cond_latents``: the conditioned forward graphs to build
+    (default: the profile's); ``attention``: the attention backend traced into aoti graphs
     (default: the best the device offers, FA3 only when asked for). Raises ProfileError / CheckpointError /
     EngineError with a clear message before any heavy work when the request cannot be built.
     """
-    profile, dev, dtype, out = _prepare(backend, profile, batch, device, dtype, out, overwrite)
+    profile, dev, dtype, out = _prepare(
+        backend, profile, dict(batch=batch, bsa=bsa, cond_latents=cond_latents), device, dtype, out, overwrite
+    )
     layout = CheckpointLayout(Path(model_dir))
     layout.check()
     components = tuple(components or COMPONENTS)
     bad = [c for c in components if c not in COMPONENTS]
     if bad:
         raise EngineError(f"unknown component(s) {bad}; choose from {', '.join(COMPONENTS)}")
+    if "dit" in components:  # shape errors from the config alone, before 27 GB of weights are read
+        from ..config import DiTConfig
+
+        dit_graph_specs(profile, DiTConfig.from_json(layout.dit / "config.json"), dtype)
     export_device = dev if backend == "aoti" else torch.device("cpu")
     sources = {
         name: (lambda name=name: _load_component(name, layout, export_device, dtype), _checkpoint_folder(name, layout))
@@ -200,6 +218,8 @@ def build_engines_from_modules(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     batch: int | None = None,
+    bsa: bool | None = None,
+    cond_latents: tuple[int, ...] | None = None,
     overwrite: bool = False,
     attention: str | None = None,
     tensorrt_options=None,
@@ -208,7 +228,9 @@ def build_engines_from_modules(
     """Build from components already in memory (``{"dit": LongCatDiT, ...}``, e.g. random weights for
     benchmarks), on their device and in their dtype (aoti: the target device; onnx/tensorrt: the CPU). The manifest
     then has no checkpoint fingerprint; layouts and (for baked weights) the modules' weights are still checked."""
-    profile, dev, dtype, out = _prepare(backend, profile, batch, device, dtype, out, overwrite)
+    profile, dev, dtype, out = _prepare(
+        backend, profile, dict(batch=batch, bsa=bsa, cond_latents=cond_latents), device, dtype, out, overwrite
+    )
     for name, module in modules.items():
         p = next(module.parameters())
         if name not in COMPONENTS or p.dtype != dtype:
@@ -295,19 +317,40 @@ def _build_component(name, load, checkpoint, staging, manifest, summary, graphs,
         "checkpoint": None if checkpoint is None else checkpoint_hash(checkpoint),
         "source": "in-memory model" if checkpoint is None else str(Path(checkpoint).resolve()),
     }
-    for spec in specs:
-        say(f"[{len(manifest.graphs) + 1}] {spec.name} ({backend}, {manifest.dtype}, profile {profile.name}) ...")
-        t0 = time.perf_counter()
-        file = _build_graph(backend, spec, module, staging, export_device, dev, tensorrt_options, manifest)
-        seconds = time.perf_counter() - t0
-        size = _artefact_bytes(staging, spec.name)
-        manifest.graphs[spec.name] = {"file": file, **spec.describe(), "build_seconds": round(seconds, 2)}
-        summary.graphs.append(GraphBuild(spec.name, file, seconds, size))
-        say(f"    {spec.name}: {seconds:.1f} s, {_size(size)}")
+    with _attention_of(name, module, profile):
+        for spec in specs:
+            say(f"[{len(manifest.graphs) + 1}] {spec.name} ({backend}, {manifest.dtype}, profile {profile.name}) ...")
+            t0 = time.perf_counter()
+            file = _build_graph(backend, spec, module, staging, export_device, dev, tensorrt_options, manifest)
+            seconds = time.perf_counter() - t0
+            size = _artefact_bytes(staging, spec.name)
+            manifest.graphs[spec.name] = {"file": file, **spec.describe(), "build_seconds": round(seconds, 2)}
+            summary.graphs.append(GraphBuild(spec.name, file, seconds, size))
+            say(f"    {spec.name}: {seconds:.1f} s, {_size(size)}")
     del module
     gc.collect()
     if dev.type == "cuda":
         torch.cuda.empty_cache()
+
+
+@contextlib.contextmanager
+def _attention_of(name: str, module: nn.Module, profile: ShapeProfile):
+    """The DiT's block-sparse attention switched to the profile's while its graphs are traced (the selection and
+    the kernel go in as the ``lc_runtime::block_sparse_attention`` op), and restored afterwards: a module handed
+    in by the caller (``build_engines_from_modules``) comes back as it was."""
+    if name != "dit":
+        yield
+        return
+    was = module.blocks[0].attn.bsa
+    if profile.bsa:
+        module.enable_bsa()
+    else:
+        module.disable_bsa()
+    try:
+        yield
+    finally:
+        for blk in module.blocks:
+            blk.attn.bsa = was
 
 
 def _build_graph(backend, spec: GraphSpec, module, folder: Path, export_device, device, trt_options, manifest) -> str:
@@ -340,8 +383,13 @@ def _command(model_dir, backend, profile, out, dev, dtype, components, graphs, a
     parts = ["lc-runtime build-engines", f"--model-dir {model_dir}", f"--backend {backend}"]
     parts += [f"--profile {profile.name}", f"--out {out}", f"--device {dev.type}"]
     parts.append(f"--dtype {'bf16' if dtype == torch.bfloat16 else 'fp32'}")
-    if profile.batch != resolve_profile(profile.name).batch:
+    default = resolve_profile(profile.name)
+    if profile.batch != default.batch:
         parts.append(f"--batch {profile.batch}")
+    if profile.bsa != default.bsa:
+        parts.append("--bsa" if profile.bsa else "--no-bsa")
+    if profile.cond_latents != default.cond_latents:
+        parts.append(f"--cond-latents {','.join(map(str, profile.cond_latents))}")
     if tuple(components) != COMPONENTS:
         parts.append(f"--components {','.join(components)}")
     if graphs:

@@ -27,6 +27,8 @@ class BuildOptions:
     profile: str
     out: Path
     batch: int | None = None
+    bsa: bool | None = None
+    cond_latents: tuple[int, ...] | None = None
     components: tuple[str, ...] | None = None
     graphs: tuple[str, ...] | None = None
     device: str | None = None
@@ -38,6 +40,13 @@ class BuildOptions:
 
 def _csv(text: str) -> tuple[str, ...]:
     return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in _csv(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def add_build_engines_parser(subparsers) -> argparse.ArgumentParser:
@@ -53,6 +62,17 @@ def add_build_engines_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--profile", required=True, help=f"shape profile: {', '.join(PROFILES)}, or HxWxF (e.g. 480x832x93)")
     p.add_argument("--out", type=Path, required=True, help="engine folder to create (e.g. engines/480p)")
     p.add_argument("--batch", type=int, choices=[1, 2], help="DiT batch: 2 with CFG (default), 1 without (distill)")
+    p.add_argument(
+        "--bsa",
+        action=argparse.BooleanOptionalAction,
+        help="block-sparse attention inside the DiT forward graphs, as refinement runs (aoti only; default: on for "
+        "720p-refine, off otherwise)",
+    )
+    p.add_argument(
+        "--cond-latents",
+        type=_ints,
+        help="conditioned forward graphs to build, as conditioning latent counts (e.g. 0,8; default: the profile's)",
+    )
     p.add_argument("--components", type=_csv, help=f"subset of {','.join(COMPONENTS)} (default: all)")
     p.add_argument("--graphs", type=_csv, help="subset of graph names, e.g. dit_forward_nc0,dit_decode")
     p.add_argument("--device", help="cpu or cuda (default: cuda if available; tensorrt needs cuda)")
@@ -71,6 +91,8 @@ def parse_build_options(args: argparse.Namespace) -> BuildOptions:
         profile=args.profile,
         out=args.out,
         batch=args.batch,
+        bsa=args.bsa,
+        cond_latents=args.cond_latents,
         components=args.components,
         graphs=args.graphs,
         device=args.device,
@@ -98,6 +120,8 @@ def _cmd_build_engines(args: argparse.Namespace) -> int:
         device=opts.device,
         dtype={None: None, "bf16": torch.bfloat16, "fp32": torch.float32}[opts.dtype],
         batch=opts.batch,
+        bsa=opts.bsa,
+        cond_latents=opts.cond_latents,
         overwrite=opts.overwrite,
         attention=opts.attention,
     )

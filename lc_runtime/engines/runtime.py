@@ -99,11 +99,42 @@ class EngineDenoiser:
     ``dit_decode`` (with a cache). The mode of a request is fixed, so each step is one dict lookup and one call.
 
     ``dit`` (for aoti engines, whose weights are the model's own tensors) is watched for LoRA changes the engine
-    cannot follow: unmerged adapters (aoti) or any active LoRA (onnx/tensorrt bake the base weights).
+    cannot follow: unmerged adapters (aoti) or any active LoRA (onnx/tensorrt bake the base weights), and for its
+    block-sparse attention switch (``bsa``: whether the forward graphs were built with it; a refinement request
+    turns it on, and an engine traced the other way would compute another attention).
     """
 
-    def __init__(self, graphs: dict[str, Graph], *, backend: str, where: str, dit: nn.Module | None = None):
-        self.graphs, self.backend, self.where, self.dit = graphs, backend, where, dit
+    def __init__(
+        self, graphs: dict[str, Graph], *, backend: str, where: str, dit: nn.Module | None = None, bsa: bool = False
+    ):
+        self.graphs, self.backend, self.where, self.dit, self.bsa = graphs, backend, where, dit, bsa
+
+    def mismatch(self, latents: torch.Tensor, num_cond_latents: int, kv_cache: KVCache | None) -> str | None:
+        """Why this engine cannot run the step (None when it can): a missing graph, other latent shapes or dtype,
+        or the other block-sparse attention setting."""
+        name = "dit_decode" if kv_cache is not None else f"dit_forward_nc{num_cond_latents}"
+        graph = self.graphs.get(name)
+        if graph is None:
+            built = ", ".join(sorted(self.graphs)) or "none"
+            return f"no {name} graph (built: {built})"
+        expected = getattr(graph, "expected", None)  # CheckedGraph: [(name, shape, dtype)], latents first
+        if expected:
+            _, shape, dtype = expected[0]
+            if tuple(latents.shape) != shape or latents.dtype != dtype:
+                got = f"{list(latents.shape)} {str(latents.dtype).removeprefix('torch.')}"
+                return f"{name} takes latents {list(shape)} {str(dtype).removeprefix('torch.')}, got {got}"
+        return self._bsa_mismatch(latents, kv_cache)
+
+    def _bsa_mismatch(self, latents: torch.Tensor, kv_cache: KVCache | None) -> str | None:
+        if kv_cache is not None or latents.shape[2] == 1 or self.dit is None:  # where the DiT never uses BSA
+            return None
+        on = bool(getattr(self.dit, "bsa_enabled", False))
+        if on == self.bsa:
+            return None
+        return (
+            f"built {'with' if self.bsa else 'without'} block-sparse attention but the request runs "
+            f"{'with' if on else 'without'} it (refinement turns it on; rebuild with --{'' if on else 'no-'}bsa)"
+        )
 
     def _graph(self, name: str) -> Graph:
         graph = self.graphs.get(name)
@@ -128,6 +159,9 @@ class EngineDenoiser:
 
     def __call__(self, latents, timestep, text: TextContext, num_cond_latents: int, kv_cache: KVCache | None):
         self._check_lora()
+        problem = self._bsa_mismatch(latents, kv_cache)
+        if problem:
+            raise EngineMismatchError(f"engine {self.where}: {problem}")
         B, _, T = latents.shape[:3]
         t = timestep.float()
         if t.dim() == 0:
@@ -147,6 +181,27 @@ class EngineDenoiser:
         return KVCache(k, v)
 
 
+class EngineSetDenoiser:
+    """Several engine folders as one ``tasks.Denoiser`` (``lc-runtime run --engines A --engines B``): each step runs
+    on the first engine that fits it (:meth:`EngineDenoiser.mismatch`), e.g. a ``480p-93f`` folder for stage 1 and a
+    ``720p-refine`` folder (block-sparse attention) for the refinement of the same run."""
+
+    def __init__(self, denoisers: Iterable[EngineDenoiser]):
+        self.denoisers = list(denoisers)
+
+    def __call__(self, latents, timestep, text: TextContext, num_cond_latents: int, kv_cache: KVCache | None):
+        reasons = []
+        for d in self.denoisers:
+            why = d.mismatch(latents, num_cond_latents, kv_cache)
+            if why is None:
+                return d(latents, timestep, text, num_cond_latents, kv_cache)
+            reasons.append(f"{d.where}: {why}")
+        raise EngineShapeError(
+            f"no engine folder fits this step ({'; '.join(reasons)}); build one for it (lc-runtime build-engines "
+            "--profile HxWxF, --batch 1 without CFG, --bsa for refinement)"
+        )
+
+
 # ---------------------------------------------------------------------------------------------- loading
 @dataclasses.dataclass
 class Engines:
@@ -162,7 +217,11 @@ class Engines:
         if not dit_graphs:
             raise EngineError(f"engine {self.folder} has no DiT graphs")
         return EngineDenoiser(
-            dit_graphs, backend=self.manifest.backend, where=str(self.folder), dit=self.modules.get("dit")
+            dit_graphs,
+            backend=self.manifest.backend,
+            where=str(self.folder),
+            dit=self.modules.get("dit"),
+            bsa=bool(self.manifest.profile.get("bsa", False)),
         )
 
     def prefill(self, cond_latents: torch.Tensor) -> KVCache:
@@ -204,13 +263,15 @@ def load_engines(
     device: torch.device | str | None = None,
     graphs: Iterable[str] | None = None,
     use_cuda_graph: bool | None = None,
+    pool=None,
 ) -> Engines:
     """Load the graphs of an engine folder that belong to the given components.
 
     ``modules``: the loaded components, ``{"dit": LongCatDiT, "vae": WanVAE, "text_encoder": UMT5EncoderModel}``
     (any subset): their layouts are checked, and aoti graphs run on their tensors. ``model_dir``: the checkpoint
     folder, whose content must match for backends that bake the weights. ``graphs``: a subset of graph names.
-    ``use_cuda_graph``: default on for CUDA devices.
+    ``use_cuda_graph``: default on for CUDA devices. ``pool``: the CUDA graph memory pool to capture into (default:
+    a new one for this folder; folders whose graphs never run at the same time can share one).
     """
     folder = Path(folder)
     manifest = Manifest.load(folder)
@@ -232,7 +293,8 @@ def load_engines(
         graphs=wanted,
     )
     capture = device.type == "cuda" if use_cuda_graph is None else use_cuda_graph
-    pool = torch.cuda.graph_pool_handle() if capture else None
+    if capture and pool is None:
+        pool = torch.cuda.graph_pool_handle()
     specs = graph_specs_for(manifest, modules) if manifest.backend == "aoti" else {}
     loaded = {}
     for name in wanted:
@@ -264,11 +326,28 @@ def _open_graph(manifest, folder, name, rec, modules, specs, device, capture) ->
 
 
 def engines_for_pipeline(
-    pipe, folder: str | Path, *, model_dir: str | Path | None = None, use_cuda_graph: bool | None = None
+    pipe,
+    folder: str | Path,
+    *,
+    model_dir: str | Path | None = None,
+    use_cuda_graph: bool | None = None,
+    pool=None,
 ) -> Engines:
     """Load an engine folder for a :class:`lc_runtime.Pipeline`'s components (those the folder has graphs of);
     ``pipe.denoiser = engines.denoiser()`` then runs every denoising step through the engine."""
     manifest = Manifest.load(folder)
     available = {"dit": pipe.dit, "vae": pipe.vae, "text_encoder": pipe.text_encoder.model}
     modules = {name: m for name, m in available.items() if name in manifest.components}
-    return load_engines(folder, modules=modules, model_dir=model_dir, use_cuda_graph=use_cuda_graph)
+    return load_engines(folder, modules=modules, model_dir=model_dir, use_cuda_graph=use_cuda_graph, pool=pool)
+
+
+def engine_denoiser_for_pipeline(pipe, folders, *, model_dir: str | Path | None = None):
+    """The denoiser of one or more engine folders for ``pipe`` (``lc-runtime run --engines``): one folder's
+    :class:`EngineDenoiser`, or an :class:`EngineSetDenoiser` over several, whose CUDA graphs share one memory pool
+    (one step runs at a time)."""
+    folders = [folders] if isinstance(folders, (str, Path)) else list(folders)
+    if not folders:
+        raise EngineError("no engine folder given")
+    pool = torch.cuda.graph_pool_handle() if pipe.device.type == "cuda" and len(folders) > 1 else None
+    denoisers = [engines_for_pipeline(pipe, f, model_dir=model_dir, pool=pool).denoiser() for f in folders]
+    return denoisers[0] if len(denoisers) == 1 else EngineSetDenoiser(denoisers)

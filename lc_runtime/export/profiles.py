@@ -8,8 +8,16 @@ and the text encoder see; everything else (latent grid, token counts) is derived
                   forward graphs for t2v (0 conditioning latents) and i2v (1); prefill + cached decode for
                   video continuation: 13 conditioning frames = 4 cached latents + 20 noise latents.
     720p-refine   704 x 1280, 186 frames (93 doubled), padded up to 4k+1 = 189 -> latents [1, 16, 48, 88, 160]
-                  (168,960 tokens); batch 1 (refinement runs without CFG); forward graphs for 0 and 1.
+                  (168,960 tokens); batch 1 (refinement runs without CFG); block-sparse attention on (as the
+                  refinement runs); forward graphs for t2v refinement (0 conditioning latents) and video
+                  continuation refinement (8: 26 conditioning frames, SPEC §2.8).
     HxWxF         a user-given size, e.g. ``480x832x93``: like 480p-93f (F must be 4k+1).
+
+Options of any profile (``resolve_profile`` / ``build-engines`` flags): the DiT ``batch``, ``bsa`` (block-sparse
+self-attention inside the forward graphs: aoti only; every self-attention call on more than one latent frame, as
+``LongCatDiT.enable_bsa``) and ``cond_latents`` (which conditioned forward graphs). i2v refinement of a 93-frame
+video has 52 latents, 4 of them conditioning: ``--profile 704x1280x205 --batch 1 --bsa --cond-latents 4
+--graphs dit_forward_nc4``.
 
 Frame padding: ``latent_frames = 1 + ceil((F - 1) / 4)``, which equals the VAE's ``1 + (F - 1) // 4`` for the 4k+1
 frame counts the pipeline produces and pads the refine stage's 186 frames to 48 latents as the original does.
@@ -43,6 +51,7 @@ class ShapeProfile:
     batch: int = 2  # DiT batch: 2 = [uncond; cond] with CFG, 1 = no CFG (distilled, refinement)
     cond_latents: tuple[int, ...] = (0, 1)  # one full/conditioned forward graph per count (t2v 0, i2v 1)
     cache_latents: int | None = 4  # prefill + cached decode graphs (vc: 13 frames -> 4 latents); None: none
+    bsa: bool = False  # block-sparse self-attention in the DiT forward graphs (refinement; aoti engines only)
 
     def __post_init__(self):
         object.__setattr__(self, "cond_latents", tuple(int(c) for c in self.cond_latents))
@@ -100,7 +109,7 @@ class ShapeProfile:
     def from_description(cls, d: dict) -> ShapeProfile:
         """Inverse of :meth:`describe` (derived entries ignored)."""
         keys = ("name", "height", "width", "num_frames", "batch", "cond_latents", "cache_latents")
-        return cls(**{k: d[k] for k in keys})
+        return cls(**{k: d[k] for k in keys}, bsa=bool(d.get("bsa", False)))  # manifests before bsa: dense
 
     def describe(self) -> dict:
         """JSON-able summary for manifests and logs."""
@@ -112,6 +121,7 @@ class ShapeProfile:
             "batch": self.batch,
             "cond_latents": list(self.cond_latents),
             "cache_latents": self.cache_latents,
+            "bsa": self.bsa,
             "latent_shape": list(self.latent_shape()),
             "tokens": self.tokens,
         }
@@ -124,15 +134,29 @@ def _round(v) -> int:
 PROFILES: dict[str, ShapeProfile] = {
     "480p-93f": ShapeProfile(name="480p-93f", height=480, width=832, num_frames=93),
     "720p-refine": ShapeProfile(
-        name="720p-refine", height=704, width=1280, num_frames=186, batch=1, cond_latents=(0, 1), cache_latents=None
+        name="720p-refine",
+        height=704,
+        width=1280,
+        num_frames=186,
+        batch=1,
+        cond_latents=(0, 8),
+        cache_latents=None,
+        bsa=True,
     ),
 }
 
 _CUSTOM = re.compile(r"^(\d+)x(\d+)x(\d+)$")
 
 
-def resolve_profile(spec: str | ShapeProfile, *, batch: int | None = None) -> ShapeProfile:
-    """A named profile (``480p-93f``, ``720p-refine``) or a user-given ``HxWxF`` size, optionally at another batch.
+def resolve_profile(
+    spec: str | ShapeProfile,
+    *,
+    batch: int | None = None,
+    bsa: bool | None = None,
+    cond_latents: tuple[int, ...] | None = None,
+) -> ShapeProfile:
+    """A named profile (``480p-93f``, ``720p-refine``) or a user-given ``HxWxF`` size, optionally with another
+    batch, block-sparse attention on or off (``bsa``) or another set of conditioned forward graphs.
 
     User sizes need F = 4k+1 (what the pipeline generates); they get the 480p-93f graph set: forward graphs for
     0 and 1 conditioning latents, and prefill + cached decode with 4 cached latents when there are more than 4.
@@ -159,6 +183,6 @@ def resolve_profile(spec: str | ShapeProfile, *, batch: int | None = None) -> Sh
             name=str(spec), height=h, width=w, num_frames=f, cond_latents=(0, 1) if T > 1 else (0,),
             cache_latents=4 if T > 4 else None,
         )  # fmt: skip
-    if batch is not None and batch != profile.batch:
-        profile = replace(profile, batch=batch)
-    return profile
+    changes = {"batch": batch, "bsa": bsa, "cond_latents": None if cond_latents is None else tuple(cond_latents)}
+    changes = {k: v for k, v in changes.items() if v is not None and v != getattr(profile, k)}
+    return replace(profile, **changes) if changes else profile

@@ -26,7 +26,7 @@ from torch import nn
 
 from ..config import DiTConfig, VAEConfig
 from . import modules
-from .profiles import PATCH, TEXT_LENGTH, VAE_SPATIAL, VAE_TEMPORAL, ShapeProfile
+from .profiles import PATCH, TEXT_LENGTH, VAE_SPATIAL, VAE_TEMPORAL, ProfileError, ShapeProfile
 
 COMPONENTS = ("text_encoder", "vae", "dit")
 
@@ -134,9 +134,31 @@ def _text_inputs(cfg: DiTConfig, batch: int, dtype: torch.dtype) -> list[TensorS
     return out
 
 
+def check_bsa_grid(profile: ShapeProfile, cfg: DiTConfig) -> None:
+    """ProfileError unless every block-sparse attention call of the profile's forward graphs tiles into the
+    config's 3-D chunks: the full token grid (T, h, w) and, for a conditioned graph, its conditioning part (the
+    original runs BSA on both halves of a conditioned call, SPEC §5)."""
+    ct, ch, cw = (int(c) for c in cfg.bsa_params.chunk_3d_shape_q)
+    T, h, w = profile.latent_frames, profile.latent_height // PATCH, profile.latent_width // PATCH
+    if T == 1:  # one latent frame: the DiT keeps dense attention
+        return
+    bad = [f"{name} {n}" for name, n, c in (("height", h, ch), ("width", w, cw)) if n % c]
+    bad += [f"{T - nc} noise latents" for nc in profile.cond_latents if (T - nc) % ct]
+    bad += [f"{nc} conditioning latents" for nc in profile.cond_latents if nc % ct]
+    if bad:
+        raise ProfileError(
+            f"profile {profile.name!r}: block-sparse attention tiles the token grid (T={T}, h={h}, w={w}) into "
+            f"{ct}x{ch}x{cw} chunks, which does not divide: {', '.join(bad)}; use a size whose latent frames are "
+            f"a multiple of {ct} and whose token height/width are multiples of {ch}/{cw} (the refinement pads to "
+            f"these), --cond-latents with multiples of {ct} (e.g. 0,8), or build without --bsa"
+        )
+
+
 def dit_graph_specs(profile: ShapeProfile, cfg: DiTConfig, dtype: torch.dtype) -> list[GraphSpec]:
     """Forward graphs for each conditioning count of the profile, plus prefill + cached decode if it caches."""
     B, T = profile.batch, profile.latent_frames
+    if profile.bsa:
+        check_bsa_grid(profile, cfg)
     masked = not cfg.text_tokens_zero_pad
     text = _text_inputs(cfg, B, dtype)
     specs: list[GraphSpec] = []

@@ -108,6 +108,8 @@ def test_named_profiles():
     assert (p.cache_latents, p.latent_frames - p.cache_latents) == (4, 20)  # vc: 4 cached + 20 noise
     r = resolve_profile("720p-refine")
     assert r.latent_shape() == (1, 16, 48, 88, 160) and r.tokens == 168_960
+    assert r.bsa and r.cond_latents == (0, 8)  # t2v and vc refinement (26 conditioning frames -> 8 latents)
+    assert not p.bsa and not resolve_profile("720p-refine", bsa=False).bsa
     u = resolve_profile("320x512x33", batch=1)
     assert u.latent_shape() == (1, 16, 9, 40, 64) and u.cache_latents == 4
     specs = {s.name: s for s in dit_graph_specs(p, LONGCAT_TINY, torch.bfloat16)}
@@ -128,6 +130,20 @@ def test_named_profiles():
 def test_impossible_profiles(spec, match):
     with pytest.raises(ProfileError, match=match):
         resolve_profile(spec)
+
+
+@pytest.mark.parametrize(
+    "spec, options, match",
+    [
+        ("720p-refine", {"cond_latents": (0, 1)}, "does not divide: 47 noise latents, 1 conditioning latents"),
+        ("480p-93f", {"bsa": True}, "token grid \\(T=24, h=30, w=52\\) into 4x4x4 chunks.*height 30"),
+    ],
+)
+def test_block_sparse_profiles_must_tile(spec, options, match):
+    """Block-sparse attention needs every attention call's token grid in whole 4x4x4 chunks (SPEC §5)."""
+    profile = resolve_profile(spec, **options)
+    with pytest.raises(ProfileError, match=match):
+        dit_graph_specs(profile, LONGCAT_TINY, torch.bfloat16)
     with pytest.raises(ProfileError, match="batch must be 1"):
         resolve_profile("480p-93f", batch=3)
 
@@ -275,6 +291,80 @@ def test_aoti_engine_runs_on_the_models_own_weights(aoti_dir, case):
     m.set_loras({"refinement": 0.8}, merged=False)
     with pytest.raises(EngineError, match="merged LoRAs only"):
         den(x, t, text, 1, None)
+
+
+BSA_PROFILE = "128x128x29"  # token grid (8, 8, 8): 2x2x2 blocks of 4x4x4; 8 latents, 4 of them conditioning
+
+
+@pytest.fixture(scope="module")
+def bsa_dir(tmp_path_factory):
+    """An aoti engine with block-sparse attention in its forward graph (batch 1, as refinement runs)."""
+    out = tmp_path_factory.mktemp("engines") / "aoti_bsa"
+    build_engines(
+        TINY, "aoti", BSA_PROFILE, out, components=("dit",), graphs=("dit_forward_nc4",), batch=1, bsa=True,
+        cond_latents=(0, 4), progress=False,
+    )  # fmt: skip
+    return out
+
+
+@pytest.fixture(scope="module")
+def bsa_case(dit):
+    g = torch.Generator().manual_seed(12)
+    with torch.no_grad():
+        text = dit.prepare_text(torch.randn(1, 1, 512, 24, generator=g), torch.ones(1, 512, dtype=torch.long))
+    t = torch.tensor([[0.0] * 4 + [450.0] * 4])
+    return {"text": text, "latents": torch.randn(1, 16, 8, 16, 16, generator=g), "t": t}
+
+
+@torch.no_grad()
+def test_aoti_engine_with_block_sparse_attention_matches_eager(bsa_dir, dit, bsa_case):
+    """The BSA op (selection + kernel) runs inside the aoti package and gives the eager DiT's BSA output, which
+    differs from dense attention; a request without BSA is refused by this engine, and the manifest says BSA."""
+    x, t, text = bsa_case["latents"], bsa_case["t"], bsa_case["text"]
+    assert Manifest.load(bsa_dir).profile["bsa"] is True
+    den = load_engines(bsa_dir, modules={"dit": dit}, use_cuda_graph=False).denoiser()
+    dense = dit(x, t, text_context=text, num_cond_latents=4)
+    with pytest.raises(EngineMismatchError, match="built with block-sparse attention but the request runs without"):
+        den(x, t, text, 4, None)
+    dit.enable_bsa()
+    try:
+        ref = dit(x, t, text_context=text, num_cond_latents=4)
+        got = den(x, t, text, 4, None)
+    finally:
+        dit.disable_bsa()
+    assert (ref - dense).abs().max() > 0.1 * ref.abs().max()  # BSA at this grid is not dense attention
+    assert_close(got, ref, **tol(ref), what="forward nc=4 with block-sparse attention")
+
+
+@torch.no_grad()
+def test_several_engine_folders_route_each_step(aoti_dir, bsa_dir, dit, case, bsa_case):
+    """``run --engines A --engines B``: each step runs on the folder that fits it (shape, graph, BSA); a step that
+    none fits names every folder's reason."""
+    from lc_runtime.engines.runtime import EngineSetDenoiser
+
+    dens = [load_engines(d, modules={"dit": dit}, use_cuda_graph=False).denoiser() for d in (aoti_dir, bsa_dir)]
+    both = EngineSetDenoiser(dens)
+    x, t, text = case["latents"], torch.tensor([[0.0] + [450.0] * 5] * 2), case["text"]
+    ref = dit(x, t, text_context=text, num_cond_latents=1)
+    assert_close(both(x, t, text, 1, None), ref, **tol(ref), what="stage-1 step on the first folder")
+    xb, tb, textb = bsa_case["latents"], bsa_case["t"], bsa_case["text"]
+    dit.enable_bsa()
+    try:
+        ref = dit(xb, tb, text_context=textb, num_cond_latents=4)
+        assert_close(both(xb, tb, textb, 4, None), ref, **tol(ref), what="refinement step on the BSA folder")
+    finally:
+        dit.disable_bsa()
+    reasons = (
+        r"aoti: no dit_forward_nc4 graph.*aoti_bsa: built with block-sparse attention but the request runs without"
+    )
+    with pytest.raises(EngineShapeError, match=rf"no engine folder fits this step \(.*{reasons}"):
+        both(xb, tb, textb, 4, None)
+
+
+def test_block_sparse_attention_is_aoti_only(tmp_path):
+    with pytest.raises(EngineError, match="block-sparse attention, which only aoti engines hold"):
+        build_engines(TINY, "onnx", "720p-refine", tmp_path / "x", progress=False)
+    assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.slow
@@ -434,6 +524,13 @@ def test_build_engines_cli(tmp_path, capsys):
         cli([*argv[:-4], "--profile", "480x832x94", "--out", str(tmp_path / "x")])
     with pytest.raises(SystemExit):
         cli([*argv[:3], "--backend", "tvm", "--profile", PROFILE, "--out", str(out)])
+    refine = [*argv[:5], "--profile", "720p-refine", "--out", str(tmp_path / "r")]
+    with pytest.raises(EngineError, match="only aoti engines hold"):
+        cli(refine)
+    with pytest.raises(ProfileError, match="1 conditioning latents"):
+        cli([*refine[:3], "--backend", "aoti", *refine[5:], "--cond-latents", "0,1"])
+    with pytest.raises(SystemExit):
+        cli([*refine, "--cond-latents", "0,x"])
 
 
 # --------------------------------------------------------------------------------------------- tensorrt
