@@ -20,10 +20,17 @@ What they fuse. Each kernel replaces a chain of eager PyTorch ops that writes fp
 Memory traffic at the 480p batch-2 shape (M = 74,880 tokens, C = 4096, bf16 x = 613 MB): norm 2x, gated add 3x,
 qk norm+rope 4x, swiglu 8x (the [M, 22016] GEMM output dominates); all are bandwidth-bound, ~27x = 17 GB per block.
 
-Launch shapes. Row kernels: one program per token row of C features (BLOCK_C = next power of two >= C, 4-16
-warps). head_norm_rope / merge: BLOCK_R (token, head) rows of D features per program, rows in (b, s, h) order so
-the stores are contiguous. swiglu: grid (M, cdiv(F, BLOCK)). Offsets are int64 (the 720p batch-2 qkv output has
-more than 2^31 elements).
+Launch shapes. Row kernels (norm_rows, gated_add_rows): a program takes ROWS consecutive token rows of C features
+as a [ROWS, BLOCK_C] tile (BLOCK_C = next power of two >= C, 4-16 warps, per-row statistics), ROWS = 4 or 2 when
+it divides both N and the tokens of a frame, so a program's rows share one batch entry and one frame and the fp32
+per-frame vectors (shift/scale, gate) and the affine weight/bias are loaded once per program and broadcast over
+its rows instead of once per row; otherwise ROWS = 1 (one program per row, as before). The tile is capped at 32
+fp32 values per thread. head_norm_rope / merge: BLOCK_R (token, head) rows of D features per program, rows in
+(b, s, h) order so the stores are contiguous; when BLOCK_R divides H (SAME_TOKEN) a program's rows are heads of
+one token and head_norm_rope loads one cos/sin row as a [BLOCK_D] vector instead of a [BLOCK_R, BLOCK_D] tile.
+Both changes keep the math and its rounding points; they are expected to reduce L2 traffic (to be measured on
+the GPU). swiglu: grid (M, cdiv(F, BLOCK)). Offsets are int64 (the 720p batch-2 qkv output has more than 2^31
+elements).
 
 Numerics. All math in fp32; roundings to the storage dtype happen where the reference rounds (documented per
 kernel). Reduction order differs from PyTorch (tree vs. vectorised sums) and Triton may contract a*b+c into an
@@ -53,28 +60,41 @@ def _norm_rows_kernel(
     N, C, tokens_per_frame,
     sx_b, sx_n, so_b, so_n, ssh_b, ssh_t, ssc_b, ssc_t,
     eps,
-    AFFINE: tl.constexpr, MODULATE: tl.constexpr, BLOCK_C: tl.constexpr,
+    AFFINE: tl.constexpr, MODULATE: tl.constexpr, ROWS: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
-    row = tl.program_id(0).to(tl.int64)
-    b = row // N
-    n = row % N
+    # ROWS consecutive token rows of one batch entry (and, with MODULATE, of one frame): N % ROWS == 0 and
+    # tokens_per_frame % ROWS == 0 (_rows_per_program), so there is no tail and b, f are program scalars.
+    row0 = tl.program_id(0).to(tl.int64) * ROWS
+    b = row0 // N
+    n = row0 % N + tl.arange(0, ROWS)
     cols = tl.arange(0, BLOCK_C)
     cm = cols < C
-    x = tl.load(X + b * sx_b + n * sx_n + cols, mask=cm, other=0.0).to(tl.float32)
-    mean = tl.sum(x, axis=0) / C
-    xc = tl.where(cm, x - mean, 0.0)
-    var = tl.sum(xc * xc, axis=0) / C
-    y = xc * (1.0 / tl.sqrt(var + eps))
-    if AFFINE:
+    m = cm[None, :]  # no row mask: the grid covers B·N / ROWS whole programs
+    x = tl.load(X + (b * sx_b + n * sx_n)[:, None] + cols[None, :], mask=m, other=0.0).to(tl.float32)
+    mean = tl.sum(x, axis=1) / C
+    xc = tl.where(m, x - mean[:, None], 0.0)
+    var = tl.sum(xc * xc, axis=1) / C
+    y = xc * (1.0 / tl.sqrt(var + eps))[:, None]
+    if AFFINE:  # loaded once per program, broadcast over its rows
         w = tl.load(W + cols, mask=cm, other=0.0).to(tl.float32)
         bias = tl.load(BIAS + cols, mask=cm, other=0.0).to(tl.float32)
-        y = y * w + bias
-    if MODULATE:
-        f = n // tokens_per_frame
+        y = y * w[None, :] + bias[None, :]
+    if MODULATE:  # one frame per program: shift/scale loaded once, broadcast over its rows
+        f = (row0 % N) // tokens_per_frame
         shift = tl.load(SHIFT + b * ssh_b + f * ssh_t + cols, mask=cm, other=0.0)
         scale = tl.load(SCALE + b * ssc_b + f * ssc_t + cols, mask=cm, other=0.0)
-        y = y * (1.0 + scale) + shift
-    tl.store(OUT + b * so_b + n * so_n + cols, y.to(OUT.dtype.element_ty), mask=cm)
+        y = y * (1.0 + scale[None, :]) + shift[None, :]
+    tl.store(OUT + (b * so_b + n * so_n)[:, None] + cols[None, :], y.to(OUT.dtype.element_ty), mask=m)
+
+
+def _rows_per_program(block: int, n: int, tokens_per_frame: int) -> int:
+    """Token rows per program of the row kernels: the largest of 4, 2, 1 dividing both N and the tokens of a frame
+    (so a program's rows share the batch entry and the frame) whose [ROWS, BLOCK_C] fp32 tile stays <= 32 values
+    per thread (headroom under the 128 registers a thread of a 16-warp program can have)."""
+    for rows in (4, 2):
+        if n % rows == 0 and tokens_per_frame % rows == 0 and rows * block <= 32 * 32 * _row_warps(block):
+            return rows
+    return 1
 
 
 def norm_rows(x, out, *, weight=None, bias=None, shift=None, scale=None, eps: float = 1e-6) -> torch.Tensor:
@@ -86,13 +106,14 @@ def norm_rows(x, out, *, weight=None, bias=None, shift=None, scale=None, eps: fl
     sh = shift if modulate else x
     sc = scale if modulate else x
     block = _pow2(C)
-    _norm_rows_kernel[(B * N,)](
+    rows = _rows_per_program(block, N, N // frames)
+    _norm_rows_kernel[(B * N // rows,)](
         x, out, weight if affine else x, bias if affine else x, sh, sc,
         N, C, N // frames,
         x.stride(0), x.stride(1), out.stride(0), out.stride(1),
         sh.stride(0), sh.stride(1) if modulate else 0, sc.stride(0), sc.stride(1) if modulate else 0,
         eps,
-        AFFINE=affine, MODULATE=modulate, BLOCK_C=block, num_warps=_row_warps(block),
+        AFFINE=affine, MODULATE=modulate, ROWS=rows, BLOCK_C=block, num_warps=_row_warps(block),
     )  # fmt: skip
     return out
 
@@ -103,30 +124,34 @@ def _gated_add_rows_kernel(
     X, GATE, Y, OUT,
     N, C, tokens_per_frame,
     sx_b, sx_n, sy_b, sy_n, so_b, so_n, sg_b, sg_t,
-    BLOCK_C: tl.constexpr,
+    ROWS: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
-    row = tl.program_id(0).to(tl.int64)
-    b = row // N
-    n = row % N
-    f = n // tokens_per_frame
+    # ROWS consecutive token rows of one batch entry and one frame (as _norm_rows_kernel): the gate is loaded once.
+    row0 = tl.program_id(0).to(tl.int64) * ROWS
+    b = row0 // N
+    n = row0 % N + tl.arange(0, ROWS)
+    f = (row0 % N) // tokens_per_frame
     cols = tl.arange(0, BLOCK_C)
     cm = cols < C
-    x = tl.load(X + b * sx_b + n * sx_n + cols, mask=cm, other=0.0).to(tl.float32)
-    y = tl.load(Y + b * sy_b + n * sy_n + cols, mask=cm, other=0.0).to(tl.float32)
+    m = cm[None, :]
+    x = tl.load(X + (b * sx_b + n * sx_n)[:, None] + cols[None, :], mask=m, other=0.0).to(tl.float32)
+    y = tl.load(Y + (b * sy_b + n * sy_n)[:, None] + cols[None, :], mask=m, other=0.0).to(tl.float32)
     g = tl.load(GATE + b * sg_b + f * sg_t + cols, mask=cm, other=0.0)
-    tl.store(OUT + b * so_b + n * so_n + cols, (x + g * y).to(OUT.dtype.element_ty), mask=cm)
+    out = (x + g[None, :] * y).to(OUT.dtype.element_ty)
+    tl.store(OUT + (b * so_b + n * so_n)[:, None] + cols[None, :], out, mask=m)
 
 
 def gated_add_rows(x, gate, y, out) -> torch.Tensor:
     """``out = x + gate·y`` (fp32 math, one rounding); x, y, out [B, N, C]; gate [B, T, 1, C] fp32."""
     B, N, C = x.shape
     block = _pow2(C)
-    _gated_add_rows_kernel[(B * N,)](
+    rows = _rows_per_program(block, N, N // gate.shape[1])
+    _gated_add_rows_kernel[(B * N // rows,)](
         x, gate, y, out,
         N, C, N // gate.shape[1],
         x.stride(0), x.stride(1), y.stride(0), y.stride(1), out.stride(0), out.stride(1),
         gate.stride(0), gate.stride(1),
-        BLOCK_C=block, num_warps=_row_warps(block),
+        ROWS=rows, BLOCK_C=block, num_warps=_row_warps(block),
     )  # fmt: skip
     return out
 
@@ -138,7 +163,7 @@ def _head_norm_rope_kernel(
     rows, N, H, D,
     sx_b, sx_h, sx_n, so_b, so_h, so_n, sc_n,
     eps,
-    ROPE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+    ROPE: tl.constexpr, SAME_TOKEN: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     h = r % H
@@ -153,9 +178,14 @@ def _head_norm_rope_kernel(
     w = tl.load(W + d, mask=d < D, other=0.0).to(tl.float32)
     y = ((x * rstd[:, None]).to(dt).to(tl.float32) * w[None, :]).to(dt).to(tl.float32)
     if ROPE:  # y·cos + rotate_pairs(y)·sin in fp32, rotate_pairs: (y0, y1, ...) -> (-y1, y0, ...)
-        tab = (n * sc_n)[:, None] + d[None, :]
-        cos = tl.load(COS + tab, mask=m, other=0.0)
-        sin = tl.load(SIN + tab, mask=m, other=0.0)
+        if SAME_TOKEN:  # H % BLOCK_R == 0: the program's rows are heads of one token, one cos/sin row
+            n0 = (tl.program_id(0).to(tl.int64) * BLOCK_R // H) % N
+            cos = tl.load(COS + n0 * sc_n + d, mask=d < D, other=0.0)[None, :]
+            sin = tl.load(SIN + n0 * sc_n + d, mask=d < D, other=0.0)[None, :]
+        else:
+            tab = (n * sc_n)[:, None] + d[None, :]
+            cos = tl.load(COS + tab, mask=m, other=0.0)
+            sin = tl.load(SIN + tab, mask=m, other=0.0)
         ye, yo = tl.split(tl.reshape(y, (BLOCK_R, BLOCK_D // 2, 2)))
         rot = tl.reshape(tl.join(-yo, ye), (BLOCK_R, BLOCK_D))
         y = y * cos + rot * sin
@@ -175,7 +205,7 @@ def head_norm_rope(x, weight, out, cos=None, sin=None, eps: float = 1e-6) -> tor
         x.stride(0), x.stride(1), x.stride(2), out.stride(0), out.stride(1), out.stride(2),
         cos.stride(0) if rope else 0,
         eps,
-        ROPE=rope, BLOCK_R=block_r, BLOCK_D=_pow2(D), num_warps=4,
+        ROPE=rope, SAME_TOKEN=H % block_r == 0, BLOCK_R=block_r, BLOCK_D=_pow2(D), num_warps=4,
     )  # fmt: skip
     return out
 

@@ -258,11 +258,40 @@ def kernel_records(device: str) -> list[dict]:
             lb = torch.randn(q.shape[:3], generator=_gen(11)).to(device) * 4
             run("merge", lambda a, la, b, lb: K.merge_rows(a, la, b, lb, fused._nhd_like(a)),
                 merge_attention_ref, [q, la, v, lb], D)  # fmt: skip
+        # Launch paths: row kernels with ROWS = 4 / 2 / 1 rows per program (tokens per frame P = 12 / 10 / 5,
+        # N = 3P) and at the real width C = 4096; head_norm_rope with H % 16 == 0 (SAME_TOKEN: one cos/sin row
+        # per program, BLOCK_R = 16 in head_norm_rope) and not. The case names carry the path (check_records).
+        for B, P, C in ((2, 12, 96), (2, 10, 96), (2, 5, 96), (1, 4, 4096)):
+            x, y, w, b, shift, scale, gate, *_ = mod_inputs(dtype, B=B, P=P, C=C, device=device)
+            N, blk = x.shape[1], K._pow2(C)
+            tag = f"{C} P={P} rows={K._rows_per_program(blk, N, P)}"
+            run("modulate", lambda x, s, c: K.norm_rows(x, torch.empty_like(x), shift=s, scale=c),
+                fused.modulate_ref, [x, shift, scale], tag)  # fmt: skip
+            run("layer_norm", lambda x, w, b: K.norm_rows(x, torch.empty_like(x), weight=w, bias=b),
+                fused.layer_norm_ref, [x, w, b], f"{C} N={N} rows={K._rows_per_program(blk, N, N)}")  # fmt: skip
+            run("gated_add", lambda x, g, y: K.gated_add_rows(x, g, y, torch.empty_like(x)),
+                fused.gated_add_ref, [x, gate, y], tag)  # fmt: skip
+        for H, D in ((16, 32), (32, 128), (3, 32)):
+            q, k, v, wq, wk, cos, sin = qkv_inputs(dtype, H=H, D=D, device=device)
+            tag = f"{D} H={H} same_token={H % 16 == 0}"
+            run("qk_norm_rope",
+                lambda q, k, a, b, c, s: (K.head_norm_rope(q, a, fused._nhd_like(q), c, s),
+                                          K.head_norm_rope(k, b, fused._nhd_like(k), c, s)),
+                fused.qk_norm_rope_ref, [q, k, wq, wk, cos, sin], tag)  # fmt: skip
+            run("head_rms_norm", lambda q, a: K.head_norm_rope(q, a, fused._nhd_like(q)),
+                fused.head_rms_norm_ref, [q, wq], tag)  # fmt: skip
     return records
 
 
 def check_records(records: list[dict]) -> None:
     assert len(records) >= 40
+    cases = {r["case"] for r in records}
+    for name in ("modulate", "layer_norm", "gated_add"):  # multi-row and one-row programs
+        for rows in (4, 2, 1):
+            assert any(c.startswith(f"{name}[0] ") and c.endswith(f"rows={rows}") for c in cases), (name, rows)
+    for name in ("qk_norm_rope", "head_rms_norm"):
+        for same in (True, False):
+            assert any(c.startswith(f"{name}[0] ") and c.endswith(f"same_token={same}") for c in cases), name
     for r in records:
         if r["dtype"] == "torch.bfloat16":
             ok = r["max_err"] <= 2 * r["max_base"] + 1e-6 and r["mean_err"] <= 2 * r["mean_base"] + 1e-6
@@ -281,6 +310,23 @@ def test_triton_kernels_in_interpreter():
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     check_records(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton not installed (not a dependency)")
+def test_row_kernels_rows_per_program():
+    """Rows per program of norm_rows / gated_add_rows: a program's rows never straddle a frame or a batch entry,
+    and the [ROWS, BLOCK_C] tile stays <= 32 fp32 values per thread."""
+    from lc_runtime.ops import triton_kernels as K
+
+    assert K._rows_per_program(4096, 21 * 1560, 1560) == 4  # 480p: 1560 tokens per frame
+    assert K._rows_per_program(4096, 21 * 3600, 3600) == 4  # 720p
+    assert K._rows_per_program(4096, 3 * 1562, 1562) == 2
+    assert K._rows_per_program(4096, 3 * 1561, 1561) == 1
+    assert K._rows_per_program(4096, 1562, 1562 // 2) == 1  # 781 tokens per frame
+    assert K._rows_per_program(8192, 4096, 4096) == 2  # 16 warps: 2 x 8192 / 512 threads = 32 per thread
+    for block in (128, 1024, 4096, 8192, 16384):
+        rows = K._rows_per_program(block, 4096, 1024)
+        assert rows * block <= 32 * 32 * K._row_warps(block), (block, rows)
 
 
 @pytest.mark.skipif(not (CUDA and HAS_TRITON), reason="needs CUDA and triton")
