@@ -45,6 +45,41 @@ def sdpa_priority(attention: str):
     return contextlib.nullcontext() if order is None else sdpa_kernel([*order, SDPBackend.MATH], set_priority=True)
 
 
+@contextlib.contextmanager
+def writers_kept_alive():
+    """Work around an AOTInductor C++-wrapper bug that fails builds at random (pytorch/pytorch PR 193621).
+
+    ``CppWrapperCpu.codegen_int_array_var`` caches the ``int_array_N`` size/stride declarations it emits, keyed
+    by ``id()`` of the buffer written to. The buffers of custom-op calls (``aoti_torch_proxy_executor_call_function``:
+    our FlashAttention-3 and block-sparse attention ops) are short-lived, so a later buffer can get a freed one's
+    id, hit the cache and emit no declaration: ``'int_array_206' was not declared in this scope`` (seen twice on the
+    H200, bench/results/engines_*-1816-build-error.json and *-1919.json). Keeping every buffer alive while the
+    graph is compiled keeps the ids unique, so each buffer gets its own declarations; a cache hit is then always
+    the same buffer, which is what the cache means. A no-op where this torch has no such cache."""
+    try:
+        from torch._inductor.codegen.cpp_wrapper_cpu import CppWrapperCpu
+    except ImportError:
+        yield
+        return
+    original = getattr(CppWrapperCpu, "codegen_int_array_var", None)
+    if original is None:
+        yield
+        return
+    alive: dict[int, object] = {}
+
+    def codegen_int_array_var(self, int_array, writeline, *args, **kwargs):
+        owner = getattr(writeline, "__self__", writeline)
+        alive.setdefault(id(owner), owner)
+        return original(self, int_array, writeline, *args, **kwargs)
+
+    CppWrapperCpu.codegen_int_array_var = codegen_int_array_var
+    try:
+        yield
+    finally:
+        CppWrapperCpu.codegen_int_array_var = original
+        alive.clear()
+
+
 def build_aoti(
     module: nn.Module,
     inputs: tuple[torch.Tensor, ...],
@@ -63,7 +98,8 @@ def build_aoti(
     with torch.no_grad(), sdpa_priority(attention):
         program = torch.export.export(module.eval(), tuple(inputs), strict=False)
         configs = {"aot_inductor.package_constants_in_so": False, "cpp.cxx": (None, cxx), **inductor_configs}
-        torch._inductor.aoti_compile_and_package(program, package_path=str(path), inductor_configs=configs)
+        with writers_kept_alive():
+            torch._inductor.aoti_compile_and_package(program, package_path=str(path), inductor_configs=configs)
 
 
 def bind_constants(compiled, module: nn.Module, where: str) -> None:

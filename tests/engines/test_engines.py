@@ -614,3 +614,29 @@ def test_csrc_gated_residual_add_is_bitwise_the_reference(dtype, channels):
     gate = torch.randn(B, F, 1, channels, device="cuda", generator=g)
     assert torch.equal(gated_residual_add(x, gate, y, F), gated_residual_add_ref(x, gate, y, F))
     torch.library.opcheck(torch.ops.lc_ops.gated_residual_add.default, (x, gate, y, F))
+
+
+def test_aoti_builds_declare_every_int_array():
+    """The C++ wrapper's int_array declaration cache is keyed by the id() of the buffer written to; with
+    short-lived buffers (custom-op calls) an id comes back and a declaration goes missing, which failed full-size
+    builds at random. Under ``writers_kept_alive`` every buffer gets its declaration."""
+    import itertools
+
+    from torch._inductor.codegen.cpp_wrapper_cpu import CppWrapperCpu
+    from torch._inductor.utils import IndentedBuffer
+
+    from lc_runtime.engines.aoti import writers_kept_alive
+
+    def missing_declarations() -> int:
+        w = object.__new__(CppWrapperCpu)
+        w.int_array_id, w.declared_int_array_vars, w.codegen_int_array_var_cache = itertools.count(), set(), {}
+        missing = 0
+        for _ in range(20):
+            buf = IndentedBuffer()
+            var = w.codegen_int_array_var("{1, 2, 3}", buf.writeline)
+            missing += f"{var}[] = {{1, 2, 3}};" not in buf.getvalue()
+            del buf
+        return missing
+
+    with writers_kept_alive():
+        assert missing_declarations() == 0
