@@ -152,6 +152,10 @@ class AOTIGraph:
                 raise EngineMismatchError(
                     f"{path} was built with FlashAttention-3, not installed here: pip install 'lc-runtime[fa3]'"
                 )
+        # the runtime's custom ops a graph may call (fused kernels, block-sparse attention) must be registered
+        # before the package resolves them
+        from ..ops import block_sparse_attention, fused  # noqa: F401
+
         device = torch.device(device)
         index = device.index if device.type == "cuda" and device.index is not None else -1
         self.path = Path(path)

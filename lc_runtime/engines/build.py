@@ -172,6 +172,7 @@ def build_engines(
     cond_latents: tuple[int, ...] | None = None,
     overwrite: bool = False,
     attention: str | None = None,
+    kernels: str | None = None,
     tensorrt_options=None,
     command: str | None = None,
 ) -> BuildSummary:
@@ -182,8 +183,10 @@ def build_engines(
     profile's DiT batch (1 = no CFG); ``bsa``: block-sparse attention in the DiT forward graphs on/off (default:
     the profile's, on for ``720p-refine``; aoti only); ``cond_latents``: the conditioned forward graphs to build
     (default: the profile's); ``attention``: the attention backend traced into aoti graphs
-    (default: the best the device offers, FA3 only when asked for). Raises ProfileError / CheckpointError /
-    EngineError with a clear message before any heavy work when the request cannot be built.
+    (default: the best the device offers, FA3 only when asked for); ``kernels``: the DiT kernel table traced,
+    "triton" (the runtime's fused ops; default for aoti on CUDA) or "torch" (the reference math). Raises
+    ProfileError / CheckpointError / EngineError with a clear message before any heavy work when the request cannot
+    be built.
     """
     profile, dev, dtype, out = _prepare(
         backend, profile, dict(batch=batch, bsa=bsa, cond_latents=cond_latents), device, dtype, out, overwrite
@@ -204,7 +207,9 @@ def build_engines(
         for name in components
     }
     command = command or _command(model_dir, backend, profile, out, dev, dtype, components, graphs, attention)
-    return _build(sources, backend, profile, out, dev, dtype, graphs, progress, attention, tensorrt_options, command)
+    return _build(
+        sources, backend, profile, out, dev, dtype, graphs, progress, attention, tensorrt_options, command, kernels
+    )
 
 
 def build_engines_from_modules(
@@ -222,6 +227,7 @@ def build_engines_from_modules(
     cond_latents: tuple[int, ...] | None = None,
     overwrite: bool = False,
     attention: str | None = None,
+    kernels: str | None = None,
     tensorrt_options=None,
     command: str = "",
 ) -> BuildSummary:
@@ -236,7 +242,24 @@ def build_engines_from_modules(
         if name not in COMPONENTS or p.dtype != dtype:
             raise EngineError(f"component {name!r} in {p.dtype} does not fit a {dtype_name(dtype)} build")
     sources = {name: (lambda m=m: m, None) for name, m in modules.items()}
-    return _build(sources, backend, profile, out, dev, dtype, graphs, progress, attention, tensorrt_options, command)
+    return _build(
+        sources, backend, profile, out, dev, dtype, graphs, progress, attention, tensorrt_options, command, kernels
+    )
+
+
+def _engine_kernels(backend: str, device: torch.device, requested: str | None) -> str:
+    """The DiT kernel table traced into the graphs: the runtime's fused Triton ops for aoti on CUDA (the fast path's
+    kernels); the reference math elsewhere (ONNX/TensorRT need standard ops; on the CPU, Inductor's C++ fusion of
+    the reference beats calling back into the ops' PyTorch references). ``requested`` overrides (aoti only)."""
+    if requested is None:
+        from ..ops.fused import triton_available
+
+        return "triton" if backend == "aoti" and device.type == "cuda" and triton_available() else "torch"
+    if requested not in ("torch", "triton"):
+        raise EngineError(f"unknown kernels {requested!r}; choose torch or triton")
+    if requested == "triton" and backend != "aoti":
+        raise EngineError(f"{backend} engines trace the reference kernels only (kernels='torch')")
+    return requested
 
 
 def _engine_attention(backend: str, device: torch.device, requested: str | None) -> str:
@@ -251,7 +274,7 @@ def _engine_attention(backend: str, device: torch.device, requested: str | None)
     return next(n for n in available_backends(device) if n != "fa3") if device.type == "cuda" else "sdpa"
 
 
-def _build(sources, backend, profile, out, dev, dtype, graphs, progress, attention, tensorrt_options, command):
+def _build(sources, backend, profile, out, dev, dtype, graphs, progress, attention, tensorrt_options, command, kernels):
     """Build the graphs of every component in ``sources`` ({name: (load(), checkpoint folder or None)}) into a
     staging folder, write the manifest, and move the folder into place. Returns the BuildSummary."""
     from ..ops.attention import get_attention_backend, select_attention_backend, set_attention_backend
@@ -282,6 +305,7 @@ def _build(sources, backend, profile, out, dev, dtype, graphs, progress, attenti
     previous = get_attention_backend()
     try:
         manifest.attention = select_attention_backend(_engine_attention(backend, dev, attention), dev)
+        manifest.kernels = _engine_kernels(backend, dev, kernels)
         for name in (c for c in ("dit", "vae", "text_encoder") if c in sources):  # the longest builds first
             load, checkpoint = sources[name]
             _build_component(name, load, checkpoint, staging, manifest, summary, graphs, say, tensorrt_options)
@@ -317,12 +341,15 @@ def _build_component(name, load, checkpoint, staging, manifest, summary, graphs,
         "checkpoint": None if checkpoint is None else checkpoint_hash(checkpoint),
         "source": "in-memory model" if checkpoint is None else str(Path(checkpoint).resolve()),
     }
-    with _attention_of(name, module, profile):
+    with _traced_as(name, module, profile, manifest):
         for spec in specs:
             say(f"[{len(manifest.graphs) + 1}] {spec.name} ({backend}, {manifest.dtype}, profile {profile.name}) ...")
             t0 = time.perf_counter()
             file = _build_graph(backend, spec, module, staging, export_device, dev, tensorrt_options, manifest)
             seconds = time.perf_counter() - t0
+            if backend == "aoti" and dev.type == "cuda" and manifest.kernels != "torch":
+                first = _first_run(spec, module, staging / file, dev, manifest.attention)
+                say(f"    {spec.name}: first run {first:.1f} s (the runtime's Triton kernels compiled and cached)")
             size = _artefact_bytes(staging, spec.name)
             manifest.graphs[spec.name] = {"file": file, **spec.describe(), "build_seconds": round(seconds, 2)}
             summary.graphs.append(GraphBuild(spec.name, file, seconds, size))
@@ -334,23 +361,56 @@ def _build_component(name, load, checkpoint, staging, manifest, summary, graphs,
 
 
 @contextlib.contextmanager
-def _attention_of(name: str, module: nn.Module, profile: ShapeProfile):
-    """The DiT's block-sparse attention switched to the profile's while its graphs are traced (the selection and
-    the kernel go in as the ``lc_runtime::block_sparse_attention`` op), and restored afterwards: a module handed
-    in by the caller (``build_engines_from_modules``) comes back as it was."""
+def _traced_as(name: str, module: nn.Module, profile: ShapeProfile, manifest):
+    """The DiT set up as its graphs are traced, and restored afterwards (a module handed in by the caller,
+    ``build_engines_from_modules``, comes back as it was):
+
+    - block-sparse attention switched to the profile's: the selection and the kernel go in as the
+      ``lc_runtime::block_sparse_attention`` op;
+    - the kernel table ``manifest.kernels``: with "triton" the graph calls the runtime's fused ops (the same
+      kernels as the fast path; AOTInductor calls them through its proxy executor and a CUDA graph replays them)
+      and Inductor compiles the GEMMs and the glue; the FFN keeps w1 and w3 as two GEMMs (the fused [w1; w3]
+      weight is not in the state dict the package binds), whose silu·mul Inductor fuses."""
     if name != "dit":
         yield
         return
-    was = module.blocks[0].attn.bsa
+    from dataclasses import replace
+
+    from ..models.dit import DiTOps, kernel_table
+
+    was_bsa = module.blocks[0].attn.bsa
+    tables = [(m, m.ops) for m in module.modules() if isinstance(getattr(type(m), "ops", None), DiTOps)]
     if profile.bsa:
         module.enable_bsa()
     else:
         module.disable_bsa()
+    if manifest.kernels != "torch":
+        ops = replace(kernel_table(manifest.kernels, manifest.attention or None), swiglu=None)
+        for m, _ in tables:
+            m.ops = ops
     try:
         yield
     finally:
         for blk in module.blocks:
-            blk.attn.bsa = was
+            blk.attn.bsa = was_bsa
+        for m, ops in tables:
+            m.ops = ops
+
+
+def _first_run(spec: GraphSpec, module: nn.Module, path: Path, device: torch.device, attention: str) -> float:
+    """Load a freshly built aoti package and run it once on sample inputs: it proves the package loads and runs,
+    and the runtime's Triton kernels the graph calls (fused ops, block-sparse attention) are JIT-compiled into
+    this machine's Triton cache, so a later process starts without compiling them. Returns seconds."""
+    from .aoti import AOTIGraph
+
+    t0 = time.perf_counter()
+    graph = AOTIGraph(path, spec.module(module), device=device, single_threaded=False, attention=attention)
+    with torch.no_grad():
+        graph(*spec.sample_inputs(device))
+    torch.cuda.synchronize(device)
+    del graph
+    torch.cuda.empty_cache()
+    return time.perf_counter() - t0
 
 
 def _build_graph(backend, spec: GraphSpec, module, folder: Path, export_device, device, trt_options, manifest) -> str:

@@ -153,6 +153,7 @@ class Manifest:
     arch: str
     versions: dict
     attention: str = ""  # the attention backend traced into the graphs (lc_runtime.ops.attention)
+    kernels: str = "torch"  # the DiT kernel table traced ("triton": the runtime's fused ops, called from the graph)
     components: dict = field(default_factory=dict)  # name -> {"layout", "weights", "checkpoint", "source"}
     graphs: dict = field(default_factory=dict)  # name -> {"file", "component", "inputs", "outputs", ...}
     build_command: str = ""

@@ -4,6 +4,8 @@ what they were not built for; build-engines fails clearly on bad input. TensorRT
 Profile: ``32x48x21`` -> DiT latents [2, 16, 6, 4, 6] (6 latent frames of 2x3 tokens); forward graphs for 0 and 1
 conditioning latents; prefill of 4 cached latents + cached decode of the 2 others.
 
+The CPU tests build for ``device="cpu"`` explicitly (on a GPU machine the default device is CUDA and bf16).
+
 Tolerances: every engine runs the same fp32 math as the eager model with other kernels and reduction orders
 (onnxruntime's MLAS GEMMs and Attention, Inductor's generated C++), over two blocks: the DiT golden tests' fp32
 bound, rtol 1e-5 and atol 1e-5·max|ref| (test_dit.py). The VAE and text encoder graphs get the same bound.
@@ -66,7 +68,7 @@ def case(dit):
 @pytest.fixture(scope="module")
 def onnx_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("engines") / "onnx"
-    build_engines(TINY, "onnx", PROFILE, out, components=("dit",), progress=False)
+    build_engines(TINY, "onnx", PROFILE, out, components=("dit",), device="cpu", progress=False)
     return out
 
 
@@ -74,7 +76,7 @@ def onnx_dir(tmp_path_factory):
 def aoti_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("engines") / "aoti"
     graphs = ("dit_forward_nc1", "dit_prefill", "dit_decode")  # nc0 is the same graph without the cond split
-    build_engines(TINY, "aoti", PROFILE, out, components=("dit",), graphs=graphs, progress=False)
+    build_engines(TINY, "aoti", PROFILE, out, components=("dit",), graphs=graphs, device="cpu", progress=False)
     return out
 
 
@@ -196,7 +198,7 @@ def test_onnx_vae_and_text_encoder_match_eager(tmp_path):
     from lc_runtime.models.vae import load_vae
 
     out = tmp_path / "vt"
-    build_engines(TINY, "onnx", PROFILE, out, components=("vae", "text_encoder"), progress=False)
+    build_engines(TINY, "onnx", PROFILE, out, components=("vae", "text_encoder"), device="cpu", progress=False)
     vae = load_vae(TINY / "vae", dtype=torch.float32)
     te = TextEncoder.from_pretrained(TINY, dtype=torch.float32)
     engines = load_engines(out, modules={"vae": vae, "text_encoder": te.model}, model_dir=TINY)
@@ -293,6 +295,31 @@ def test_aoti_engine_runs_on_the_models_own_weights(aoti_dir, case):
         den(x, t, text, 1, None)
 
 
+@torch.no_grad()
+def test_aoti_engine_with_the_fused_kernel_table_matches_eager(tmp_path, dit, case):
+    """kernels="triton" (the default for aoti on CUDA): the graph calls the runtime's fused ops, as the fast path
+    does (here their CPU references, through AOTInductor's proxy executor), and equals the eager DiT."""
+    import zipfile
+
+    from lc_runtime.engines.build import build_engines_from_modules
+
+    out = tmp_path / "kern"
+    build_engines_from_modules(
+        {"dit": dit}, "aoti", PROFILE, out, graphs=("dit_forward_nc1",), device="cpu", kernels="triton", progress=False
+    )
+    assert Manifest.load(out).kernels == "triton"
+    assert dit.kernels == "torch"  # the caller's module comes back with its own table
+    with zipfile.ZipFile(out / "dit_forward_nc1.pt2") as z:
+        text = " ".join(z.read(n).decode(errors="ignore") for n in z.namelist() if n.endswith(".json"))
+    assert all(f"lc_runtime::fused_{op}" in text for op in ("modulate", "gated_add", "qk_norm_rope", "layer_norm"))
+    den = load_engines(out, modules={"dit": dit}, use_cuda_graph=False).denoiser()
+    x, t = case["latents"], torch.tensor([[0.0] + [450.0] * 5] * 2)
+    ref = dit(x, t, text_context=case["text"], num_cond_latents=1)
+    assert_close(den(x, t, case["text"], 1, None), ref, **tol(ref), what="forward nc=1, fused kernel table")
+    with pytest.raises(EngineError, match="onnx engines trace the reference kernels only"):
+        build_engines(TINY, "onnx", PROFILE, tmp_path / "o", components=("dit",), kernels="triton", progress=False)
+
+
 BSA_PROFILE = "128x128x29"  # token grid (8, 8, 8): 2x2x2 blocks of 4x4x4; 8 latents, 4 of them conditioning
 
 
@@ -302,7 +329,7 @@ def bsa_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("engines") / "aoti_bsa"
     build_engines(
         TINY, "aoti", BSA_PROFILE, out, components=("dit",), graphs=("dit_forward_nc4",), batch=1, bsa=True,
-        cond_latents=(0, 4), progress=False,
+        cond_latents=(0, 4), device="cpu", progress=False,
     )  # fmt: skip
     return out
 
@@ -373,7 +400,7 @@ def test_aoti_vae_and_text_encoder_match_eager(tmp_path):
     from lc_runtime.models.vae import load_vae
 
     out = tmp_path / "vt"
-    build_engines(TINY, "aoti", PROFILE, out, components=("vae", "text_encoder"), progress=False)
+    build_engines(TINY, "aoti", PROFILE, out, components=("vae", "text_encoder"), device="cpu", progress=False)
     vae = load_vae(TINY / "vae", dtype=torch.float32)
     te = TextEncoder.from_pretrained(TINY, dtype=torch.float32)
     with torch.no_grad():
