@@ -127,10 +127,12 @@ def rel_l2(a, b) -> float:
 
 
 def flops_per_step(cfg, profile) -> float:
-    """Matmul + attention FLOPs of one forward (2·params·tokens + 4·tokens²·hidden per layer), batch included."""
+    """Matmul + attention FLOPs of one forward (2·params·tokens + 4·tokens²·hidden per layer), batch included;
+    with block-sparse attention, self-attention counts the selected share of key blocks (1 - sparsity)."""
     n, c, d = profile.tokens, cfg.hidden_size, cfg.depth
     per_token = d * (2 * (4 * c * c) + 2 * (3 * c * cfg.ffn_hidden_size) + 2 * (2 * c * c))  # self, ffn, cross q/o
-    attention = d * (4 * n * n * c + 4 * n * 512 * c)
+    density = 1.0 - cfg.bsa_params.sparsity if profile.bsa and cfg.bsa_params.sparsity is not None else 1.0
+    attention = d * (4 * n * n * c * density + 4 * n * 512 * c)
     return profile.batch * (per_token * n + attention)
 
 
@@ -198,7 +200,7 @@ def markdown(r: dict) -> str:
         f"DiT `{cfg.get('config')}` (depth {env.get('depth')}, {env.get('params_b', 0):.2f} B params, random weights), "
         f"profile `{cfg.get('profile')}` (latents {env.get('latent_shape')}, {env.get('tokens')} tokens, batch "
         f"{env.get('batch')}{', block-sparse attention' if env.get('bsa') else ''}), {cfg.get('dtype')}, "
-        f"{env.get('step_tflop', 0):.0f} TFLOP per step (dense-attention count).",
+        f"{env.get('step_tflop', 0):.0f} TFLOP per step.",
         f"torch {env.get('torch')}, CUDA {env.get('cuda')}, triton {env.get('triton')}, "
         f"lc-runtime {env.get('lc_runtime')}.",
         "",
