@@ -172,7 +172,7 @@ def test_run_from_engines(tmp_path, capsys):
 
     eng = tmp_path / "eng"
     build = ["build-engines", "--model-dir", TINY, "--backend", "onnx", "--profile", "32x48x9", "--out", eng]
-    assert main([*map(str, build), "--components", "dit", "--batch", "2"]) == 0
+    assert main([*map(str, build), "--components", "dit", "--batch", "2", "--device", "cpu"]) == 0
     common = ["--task", "t2v", "--model-dir", TINY, "--prompt", "a fox", "--height", "32", "--width", "48"]
     common += ["--num-frames", "9", "--steps", "2"]
     assert run(*common, "--engines", eng, "--out", tmp_path / "e.mp4") == 0
@@ -187,3 +187,26 @@ def test_run_from_engines(tmp_path, capsys):
     bad = ["--task", "t2v", "--model-dir", TINY, "--prompt", "a", "--height", "64", "--width", "64"]
     assert run(*bad, "--num-frames", "9", "--steps", "1", "--engines", eng, "--out", tmp_path / "bad.mp4") == 2
     assert "error:" in capsys.readouterr().err and not (tmp_path / "bad.mp4").exists()
+
+
+def test_distill_and_refine_from_two_engine_folders(tmp_path, monkeypatch):
+    """``run --refine --engines A --engines B``: the distilled stage 1 (batch 1, cfg_step LoRA merged into the
+    weights the aoti package binds) runs on A, the refinement (its LoRA, 8 latents) on B; a step neither fits
+    would fail (tests/engines)."""
+    from conftest import TINY
+
+    import lc_runtime.buckets
+
+    monkeypatch.setattr(lc_runtime.buckets, "get_condition_shape", lambda h, w, resolution, sf: (64, 64))
+    folders = {"s1": "64x64x9", "refine": "64x64x29"}  # refinement: 18 frames padded to 8 latents
+    for name, profile in folders.items():
+        build = ["build-engines", "--model-dir", TINY, "--backend", "aoti", "--profile", profile, "--batch", "1"]
+        build += ["--cond-latents", "0", "--components", "dit", "--graphs", "dit_forward_nc0", "--device", "cpu"]
+        assert main([*map(str, build), "--no-bsa", "--quiet", "--out", str(tmp_path / name)]) == 0
+    args = ["--task", "t2v", "--model-dir", TINY, "--prompt", "a fox", "--height", "64", "--width", "64"]
+    args += ["--num-frames", "9", "--steps", "2", "--refine", "--device", "cpu"]
+    out = tmp_path / "r.mp4"
+    assert run(*args, "--engines", tmp_path / "s1", "--engines", tmp_path / "refine", "--out", out) == 0
+    assert read_video_info(out) == (18, 64, 64, 30.0)
+    assert run(*args, "--engines", tmp_path / "s1", "--out", tmp_path / "only_s1.mp4") == 2  # no engine refines
+    assert not (tmp_path / "only_s1.mp4").exists()
