@@ -1,5 +1,7 @@
 """Launch-shape sweep of the DiT's row kernels at the real 480p batch-2 shape (GPU only): ``head_norm_rope``
-(rows per program, warps, one cos/sin row per program or a tile) and ``norm_rows`` (token rows per program).
+(rows per program, warps) and ``norm_rows`` (token rows per program, warps). The recorded H200 run
+(results/row_kernel_probe_nvidia-h200.json) also timed a head_norm_rope variant that loaded one cos/sin row per
+program ("same_token"); it was slower and is gone from the kernel.
 Prints and writes bandwidth per variant, to choose the launch constants in lc_runtime/ops/triton_kernels.py.
 
     python bench/row_kernel_probe.py --out bench/results
@@ -31,30 +33,27 @@ def main() -> None:
     rows = B * H * N
     res = []
 
-    def hnr(block_r, warps, same):
+    def hnr(block_r, warps):
         K._head_norm_rope_kernel[(triton.cdiv(rows, block_r),)](
             q, w, out, cos, sin, rows, N, H, D,
             q.stride(0), q.stride(1), q.stride(2), out.stride(0), out.stride(1), out.stride(2), cos.stride(0), 1e-6,
-            ROPE=True, SAME_TOKEN=same, BLOCK_R=block_r, BLOCK_D=D, num_warps=warps,
+            ROPE=True, BLOCK_R=block_r, BLOCK_D=D, num_warps=warps,
         )  # fmt: skip
 
     ref = out.clone()
-    hnr(16, 4, False)
+    hnr(16, 4)
     ref.copy_(out)
     moved = 2 * rows * D * 2  # read q once, write once (bf16)
     for block_r in (16, 32, 64, 128):
         for warps in (2, 4, 8):
-            for same in (False, True):
-                if same and H % block_r:
-                    continue
-                hnr(block_r, warps, same)
-                ok = bool(torch.equal(out, ref))
-                ms = triton.testing.do_bench(
-                    lambda br=block_r, nw=warps, st=same: hnr(br, nw, st), warmup=25, rep=200, return_mode="median"
-                )
-                res.append({"kernel": "head_norm_rope", "block_r": block_r, "warps": warps, "same_token": same,
-                            "ms": ms, "tb_s": moved / ms / 1e9, "equal": ok})  # fmt: skip
-                print(res[-1], flush=True)
+            hnr(block_r, warps)
+            ok = bool(torch.equal(out, ref))
+            ms = triton.testing.do_bench(
+                lambda br=block_r, nw=warps: hnr(br, nw), warmup=25, rep=200, return_mode="median"
+            )
+            res.append({"kernel": "head_norm_rope", "block_r": block_r, "warps": warps, "ms": ms,
+                        "tb_s": moved / ms / 1e9, "equal": ok})  # fmt: skip
+            print(res[-1], flush=True)
     x = torch.randn(B, N, C, device=dev, dtype=torch.bfloat16)
     y = torch.empty_like(x)
     shift, scale = torch.randn(B, T, 1, C, device=dev), torch.randn(B, T, 1, C, device=dev)

@@ -26,10 +26,12 @@ it divides both N and the tokens of a frame, so a program's rows share one batch
 per-frame vectors (shift/scale, gate) and the affine weight/bias are loaded once per program and broadcast over
 its rows instead of once per row; otherwise ROWS = 1 (one program per row, as before). The tile is capped at 32
 fp32 values per thread. head_norm_rope / merge: BLOCK_R (token, head) rows of D features per program, rows in
-(b, s, h) order so the stores are contiguous; when BLOCK_R divides H (SAME_TOKEN) a program's rows are heads of
-one token and head_norm_rope loads one cos/sin row as a [BLOCK_D] vector instead of a [BLOCK_R, BLOCK_D] tile.
-Both changes keep the math and its rounding points; they are expected to reduce L2 traffic (to be measured on
-the GPU). swiglu: grid (M, cdiv(F, BLOCK)). Offsets are int64 (the 720p batch-2 qkv output has more than 2^31
+(b, s, h) order so the stores are contiguous. Measured on the H200 at the 480p batch-2 shape
+(bench/row_kernel_probe.py, results/row_kernel_probe_nvidia-h200.json): norm_rows (modulate) with 4 rows per
+program and 16 warps takes 0.372 ms against 0.596 ms with one row (bitwise the same output); head_norm_rope with
+16 rows and 4 warps, 0.365 ms. Loading one cos/sin row per program when its rows are heads of one token was
+slower there (0.487 ms) and was taken out; 32 rows per program was no faster (0.363 ms).
+swiglu: grid (M, cdiv(F, BLOCK)). Offsets are int64 (the 720p batch-2 qkv output has more than 2^31
 elements).
 
 Numerics. All math in fp32; roundings to the storage dtype happen where the reference rounds (documented per
@@ -163,7 +165,7 @@ def _head_norm_rope_kernel(
     rows, N, H, D,
     sx_b, sx_h, sx_n, so_b, so_h, so_n, sc_n,
     eps,
-    ROPE: tl.constexpr, SAME_TOKEN: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+    ROPE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     h = r % H
@@ -178,14 +180,9 @@ def _head_norm_rope_kernel(
     w = tl.load(W + d, mask=d < D, other=0.0).to(tl.float32)
     y = ((x * rstd[:, None]).to(dt).to(tl.float32) * w[None, :]).to(dt).to(tl.float32)
     if ROPE:  # y·cos + rotate_pairs(y)·sin in fp32, rotate_pairs: (y0, y1, ...) -> (-y1, y0, ...)
-        if SAME_TOKEN:  # H % BLOCK_R == 0: the program's rows are heads of one token, one cos/sin row
-            n0 = (tl.program_id(0).to(tl.int64) * BLOCK_R // H) % N
-            cos = tl.load(COS + n0 * sc_n + d, mask=d < D, other=0.0)[None, :]
-            sin = tl.load(SIN + n0 * sc_n + d, mask=d < D, other=0.0)[None, :]
-        else:
-            tab = (n * sc_n)[:, None] + d[None, :]
-            cos = tl.load(COS + tab, mask=m, other=0.0)
-            sin = tl.load(SIN + tab, mask=m, other=0.0)
+        tab = (n * sc_n)[:, None] + d[None, :]
+        cos = tl.load(COS + tab, mask=m, other=0.0)
+        sin = tl.load(SIN + tab, mask=m, other=0.0)
         ye, yo = tl.split(tl.reshape(y, (BLOCK_R, BLOCK_D // 2, 2)))
         rot = tl.reshape(tl.join(-yo, ye), (BLOCK_R, BLOCK_D))
         y = y * cos + rot * sin
@@ -205,7 +202,7 @@ def head_norm_rope(x, weight, out, cos=None, sin=None, eps: float = 1e-6) -> tor
         x.stride(0), x.stride(1), x.stride(2), out.stride(0), out.stride(1), out.stride(2),
         cos.stride(0) if rope else 0,
         eps,
-        ROPE=rope, SAME_TOKEN=H % block_r == 0, BLOCK_R=block_r, BLOCK_D=_pow2(D), num_warps=4,
+        ROPE=rope, BLOCK_R=block_r, BLOCK_D=_pow2(D), num_warps=4,
     )  # fmt: skip
     return out
 

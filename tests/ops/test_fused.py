@@ -259,8 +259,8 @@ def kernel_records(device: str) -> list[dict]:
             run("merge", lambda a, la, b, lb: K.merge_rows(a, la, b, lb, fused._nhd_like(a)),
                 merge_attention_ref, [q, la, v, lb], D)  # fmt: skip
         # Launch paths: row kernels with ROWS = 4 / 2 / 1 rows per program (tokens per frame P = 12 / 10 / 5,
-        # N = 3P) and at the real width C = 4096; head_norm_rope with H % 16 == 0 (SAME_TOKEN: one cos/sin row
-        # per program, BLOCK_R = 16 in head_norm_rope) and not. The case names carry the path (check_records).
+        # N = 3P) and at the real width C = 4096; head_norm_rope with whole and partial 16-row programs
+        # (H % 16 == 0 or not). The case names carry the path (check_records).
         for B, P, C in ((2, 12, 96), (2, 10, 96), (2, 5, 96), (1, 4, 4096)):
             x, y, w, b, shift, scale, gate, *_ = mod_inputs(dtype, B=B, P=P, C=C, device=device)
             N, blk = x.shape[1], K._pow2(C)
@@ -273,7 +273,7 @@ def kernel_records(device: str) -> list[dict]:
                 fused.gated_add_ref, [x, gate, y], tag)  # fmt: skip
         for H, D in ((16, 32), (32, 128), (3, 32)):
             q, k, v, wq, wk, cos, sin = qkv_inputs(dtype, H=H, D=D, device=device)
-            tag = f"{D} H={H} same_token={H % 16 == 0}"
+            tag = f"{D} H={H} whole_programs={H % 16 == 0}"
             run("qk_norm_rope",
                 lambda q, k, a, b, c, s: (K.head_norm_rope(q, a, fused._nhd_like(q), c, s),
                                           K.head_norm_rope(k, b, fused._nhd_like(k), c, s)),
@@ -290,8 +290,8 @@ def check_records(records: list[dict]) -> None:
         for rows in (4, 2, 1):
             assert any(c.startswith(f"{name}[0] ") and c.endswith(f"rows={rows}") for c in cases), (name, rows)
     for name in ("qk_norm_rope", "head_rms_norm"):
-        for same in (True, False):
-            assert any(c.startswith(f"{name}[0] ") and c.endswith(f"same_token={same}") for c in cases), name
+        for whole in (True, False):
+            assert any(c.startswith(f"{name}[0] ") and c.endswith(f"whole_programs={whole}") for c in cases), name
     for r in records:
         if r["dtype"] == "torch.bfloat16":
             ok = r["max_err"] <= 2 * r["max_base"] + 1e-6 and r["mean_err"] <= 2 * r["mean_base"] + 1e-6
