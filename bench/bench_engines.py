@@ -79,6 +79,14 @@ def random_dit(config_name: str, depth: int | None, device, dtype, seed: int = 0
     return model.eval()
 
 
+def bench_profile(args):
+    """The shape profile of a run (and of its cold-start child): ``--profile`` with ``--bsa``, and only the
+    unconditioned forward graph, the one every stage runs (``dit_forward_nc0``)."""
+    from lc_runtime.export import resolve_profile
+
+    return resolve_profile(args.profile, bsa=args.bsa, cond_latents=(0,))
+
+
 def step_inputs(dit, profile, seed: int = 1):
     """One CFG step's DiT inputs at ``profile``: latents, timestep [B], prepared text (all on the DiT's device)."""
     import torch
@@ -259,12 +267,10 @@ def main(argv=None) -> int:
 
     import torch
 
-    from lc_runtime.export import resolve_profile
-
     run = Run(args, Path(args.out))
     device = torch.device(args.device)
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
-    profile = resolve_profile(args.profile, bsa=args.bsa, cond_latents=(0,))  # every stage runs dit_forward_nc0
+    profile = bench_profile(args)
     run.results["env"] = environment(device)
     live: dict = {}  # the random-weight DiT and one step's inputs, (re)made on demand, dropped for the cold start
     state: dict = {"ref": None, "eager_s": None, "engine_s": None}
@@ -453,7 +459,6 @@ def cold_start_child(args) -> int:
     import torch
 
     from lc_runtime.engines import load_engines
-    from lc_runtime.export import resolve_profile
 
     marks["imports"] = time.time()
     device = torch.device(args.device)
@@ -464,7 +469,7 @@ def cold_start_child(args) -> int:
     dit = random_dit(args.config, args.depth, device, {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype])
     sync(device)
     marks["weights"] = time.time()
-    profile = resolve_profile(args.profile, bsa=args.bsa, cond_latents=(0,))
+    profile = bench_profile(args)
     if profile.bsa:
         dit.enable_bsa()
     den = load_engines(args.child, modules={"dit": dit}, use_cuda_graph=False).denoiser()

@@ -376,25 +376,23 @@ def _traced_as(name: str, module: nn.Module, profile: ShapeProfile, manifest):
         return
     from dataclasses import replace
 
-    from ..models.dit import DiTOps, kernel_table
+    from ..models.dit import kernel_table
 
-    was_bsa = module.blocks[0].attn.bsa
-    tables = [(m, m.ops) for m in module.modules() if isinstance(getattr(type(m), "ops", None), DiTOps)]
+    was_bsa, was_ops = module.blocks[0].attn.bsa, module.ops
     if profile.bsa:
         module.enable_bsa()
     else:
         module.disable_bsa()
     if manifest.kernels != "torch":
-        ops = replace(kernel_table(manifest.kernels, manifest.attention or None), swiglu=None)
-        for m, _ in tables:
-            m.ops = ops
+        module.set_ops(replace(kernel_table(manifest.kernels, manifest.attention or None), swiglu=None))
     try:
         yield
     finally:
-        for blk in module.blocks:
-            blk.attn.bsa = was_bsa
-        for m, ops in tables:
-            m.ops = ops
+        if was_bsa is None:
+            module.disable_bsa()
+        else:
+            module.enable_bsa(was_bsa)
+        module.set_ops(was_ops)
 
 
 def _first_run(spec: GraphSpec, module: nn.Module, path: Path, device: torch.device, attention: str) -> float:

@@ -112,11 +112,10 @@ class EngineDenoiser:
     def mismatch(self, latents: torch.Tensor, num_cond_latents: int, kv_cache: KVCache | None) -> str | None:
         """Why this engine cannot run the step (None when it can): a missing graph, other latent shapes or dtype,
         or the other block-sparse attention setting."""
-        name = "dit_decode" if kv_cache is not None else f"dit_forward_nc{num_cond_latents}"
+        name = self._graph_name(num_cond_latents, kv_cache)
         graph = self.graphs.get(name)
         if graph is None:
-            built = ", ".join(sorted(self.graphs)) or "none"
-            return f"no {name} graph (built: {built})"
+            return self._missing(name)
         expected = getattr(graph, "expected", None)  # CheckedGraph: [(name, shape, dtype)], latents first
         if expected:
             _, shape, dtype = expected[0]
@@ -136,13 +135,17 @@ class EngineDenoiser:
             f"{'with' if on else 'without'} it (refinement turns it on; rebuild with --{'' if on else 'no-'}bsa)"
         )
 
+    @staticmethod
+    def _graph_name(num_cond_latents: int, kv_cache: KVCache | None) -> str:
+        return "dit_decode" if kv_cache is not None else f"dit_forward_nc{num_cond_latents}"
+
+    def _missing(self, name: str) -> str:
+        return f"no {name} graph (built: {', '.join(sorted(self.graphs)) or 'none'})"
+
     def _graph(self, name: str) -> Graph:
         graph = self.graphs.get(name)
         if graph is None:
-            built = ", ".join(sorted(g for g in self.graphs if g.startswith("dit_"))) or "none"
-            raise EngineShapeError(
-                f"engine {self.where} has no {name} graph (built: {built}); build a profile that includes it"
-            )
+            raise EngineShapeError(f"engine {self.where} has {self._missing(name)}; build a profile that includes it")
         return graph
 
     def _check_lora(self) -> None:
@@ -171,9 +174,10 @@ class EngineDenoiser:
         inputs = [latents, t.contiguous(), text.k, text.v]
         if text.mask is not None:
             inputs.append(text.mask)
+        graph = self._graph(self._graph_name(num_cond_latents, kv_cache))
         if kv_cache is not None:
-            return self._graph("dit_decode")(*inputs, kv_cache.k, kv_cache.v)[0]
-        return self._graph(f"dit_forward_nc{num_cond_latents}")(*inputs)[0]
+            return graph(*inputs, kv_cache.k, kv_cache.v)[0]
+        return graph(*inputs)[0]
 
     def prefill(self, cond_latents: torch.Tensor) -> KVCache:
         self._check_lora()

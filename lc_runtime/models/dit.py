@@ -417,7 +417,7 @@ class LongCatDiT(nn.Module):
     @property
     def kernels(self) -> str:
         """Which :class:`DiTOps` table the modules use ("torch" or "triton")."""
-        return self.final_layer.ops.name
+        return self.ops.name
 
     def enable_bsa(self, params: BSAParams | None = None) -> None:
         """Block-sparse self-attention (default: the config's ``bsa_params``), as the original's ``enable_bsa``:
@@ -453,6 +453,16 @@ class LongCatDiT(nn.Module):
         if ops.swiglu is not None:
             for blk in self.blocks:
                 blk.ffn.fuse_w13()
+        return self.set_ops(ops)
+
+    @property
+    def ops(self) -> DiTOps:
+        """The :class:`DiTOps` table every module runs (``use_kernels`` / ``set_ops`` set one for all)."""
+        return self.final_layer.ops
+
+    def set_ops(self, ops: DiTOps) -> LongCatDiT:
+        """Make every module that runs a :class:`DiTOps` table use ``ops`` (no weight changes: a table with
+        ``swiglu`` needs the fused [w1; w3] weight, which :meth:`use_kernels` makes). Returns self."""
         for m in self.modules():
             if isinstance(getattr(type(m), "ops", None), DiTOps):
                 m.ops = ops
