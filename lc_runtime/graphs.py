@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import torch
 
@@ -33,7 +34,14 @@ from .models.dit import KVCache, LongCatDiT, TextContext
 from .ops.rope import rope_cos_sin
 from .profiling import nvtx_range
 
-Capture = Callable[..., tuple[Callable[[], None], torch.Tensor]]
+
+class Captured(NamedTuple):
+    replay: Callable[[], None]  # runs the captured call again into ``out``
+    out: torch.Tensor  # the static output buffer
+    first: torch.Tensor | None  # the warm-up's result for the inputs it was captured with (None: no warm-up ran)
+
+
+Capture = Callable[..., Captured]
 
 
 @dataclass(frozen=True)
@@ -82,16 +90,19 @@ def graph_key(dit: LongCatDiT, latents, timestep, text: TextContext, num_cond_la
     )
 
 
-def cuda_graph_capture(fn: Callable[[], torch.Tensor], *, warmup: int, pool) -> tuple[Callable[[], None], torch.Tensor]:
+def cuda_graph_capture(fn: Callable[[], torch.Tensor], *, warmup: int, pool) -> Captured:
     """Warm ``fn`` up on a side stream (Triton JIT, cuBLAS/cuDNN plans, RoPE tables), then capture one call into
-    ``pool``. Returns (replay, static output)."""
+    ``pool``. Returns (replay, static output, the last warm-up's output or None): the warm-up computed this call's
+    result already, so the caller returns it instead of replaying (the first step costs one forward, not two)."""
+    first = None
     if warmup:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
+        main, side = torch.cuda.current_stream(), torch.cuda.Stream()
+        side.wait_stream(main)
         with torch.cuda.stream(side):
             for _ in range(warmup):
-                fn()
-        torch.cuda.current_stream().wait_stream(side)
+                first = fn()
+        main.wait_stream(side)
+        first.record_stream(main)  # made on the side stream, read on the main one
         del side
     # The warm-up's activations sit in the caching allocator under the side stream, where neither the capture
     # (it allocates from the graph's private pool) nor any later allocation of the main stream can reuse them (a
@@ -102,18 +113,21 @@ def cuda_graph_capture(fn: Callable[[], torch.Tensor], *, warmup: int, pool) -> 
     with torch.cuda.graph(graph, pool=pool):
         out = fn()
     torch.cuda.empty_cache()
-    return graph.replay, out
+    return Captured(graph.replay, out, first)
 
 
-def eager_capture(fn: Callable[[], torch.Tensor], **_) -> tuple[Callable[[], None], torch.Tensor]:
+def eager_capture(fn: Callable[[], torch.Tensor], *, warmup: int = 0, **_) -> Captured:
     """Stand-in for :func:`cuda_graph_capture` on any device: the same static-buffer protocol, run eagerly
     (exercises the bucket logic on CPU)."""
+    first = None
+    for _ in range(warmup):
+        first = fn()
     out = fn()
 
     def replay():
         out.copy_(fn())
 
-    return replay, out
+    return Captured(replay, out, first)
 
 
 @dataclass
@@ -130,7 +144,8 @@ class GraphDenoiser:
     """A ``tasks.Denoiser`` replaying one captured DiT forward per :class:`GraphKey`.
 
     ``use_cuda_graph``: None = on CUDA devices; False = plain eager DiT calls. ``warmup``: eager calls before each
-    capture. ``max_graphs``: buckets kept (least recently used dropped). ``capture``: the capture function
+    capture (the last one's result is the first call's: a new bucket costs one forward plus the capture).
+    ``max_graphs``: buckets kept (least recently used dropped). ``capture``: the capture function
     (:func:`cuda_graph_capture`; tests pass :func:`eager_capture`).
     """
 
@@ -166,7 +181,9 @@ class GraphDenoiser:
         key = graph_key(self.dit, latents, timestep, text, num_cond_latents, kv_cache)
         bucket = self._buckets.get(key)
         if bucket is None:
-            bucket = self._new_bucket(key, latents, timestep, text, num_cond_latents, kv_cache)
+            bucket, first = self._new_bucket(key, latents, timestep, text, num_cond_latents, kv_cache)
+            if first is not None:  # the warm-up computed this call already
+                return first
         else:
             self._buckets.move_to_end(key)
             bucket.latents.copy_(latents)
@@ -223,9 +240,11 @@ class GraphDenoiser:
 
         warm_key = replace(key, kv_cache=None if key.kv_cache is None else key.kv_cache[0])  # shapes, not pointers
         with nvtx_range("graph capture"):
-            replay, out = self._capture(step, warmup=0 if warm_key in self._warmed else self.warmup, pool=self._pool)
+            replay, out, first = self._capture(
+                step, warmup=0 if warm_key in self._warmed else self.warmup, pool=self._pool
+            )
         self._warmed.add(warm_key)
         self.captures += 1
         bucket = _Bucket(static_latents, static_t, static_text, replay, out, tables)
         self._buckets[key] = bucket
-        return bucket
+        return bucket, first

@@ -119,6 +119,25 @@ def bind_constants(compiled, module: nn.Module, where: str) -> None:
         compiled.load_constants(constants, check_full_update=True)
 
 
+class _Package:
+    """The calls of a loaded ``.pt2`` that the runtime makes, straight on torch's C++ package loader. torch's own
+    Python wrapper (``torch.export.pt2_archive._package.AOTICompiledModel``) does the same, but importing its
+    module imports ``torch._dynamo`` and the export serializer: 2.5 s of a cold start on our CPU machine, spent
+    on every ``lc-runtime run --engines``. Graphs take and return flat tuples of tensors, so no pytree specs."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __call__(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
+        return self.loader.boxed_run(list(inputs))
+
+    def get_constant_fqns(self) -> list[str]:
+        return self.loader.get_constant_fqns()
+
+    def load_constants(self, constants: dict, *, check_full_update: bool, user_managed: bool = False) -> None:
+        self.loader.load_constants(constants, False, check_full_update, user_managed)
+
+
 def load_aoti_package(path: str | Path, *, run_single_threaded: bool, device_index: int):
     """Open a ``.pt2`` built by :func:`build_aoti`, as ``torch._inductor.package.load_package`` does but without its
     device-information probe: that probe (``get_device_information`` -> ``pick_vec_isa``) compiles six C++ test
@@ -126,13 +145,12 @@ def load_aoti_package(path: str | Path, *, run_single_threaded: bool, device_ind
     8 s on our CPU machine and 45 s of the 55 s cold start measured on the H200 (bench/results/engines_*1709.md).
     The manifest already checks what matters here (GPU arch, torch version). Falls back to ``load_package`` when
     this torch lacks the pieces."""
-    try:
-        from torch.export.pt2_archive._package import AOTICompiledModel
-
-        loader = torch._C._aoti.AOTIModelPackageLoader(str(path), "model", run_single_threaded, 1, device_index)
-        return AOTICompiledModel(loader)
-    except (ImportError, AttributeError, TypeError):  # moved or re-signed in this torch: the public loader knows
-        pass
+    loader_class = getattr(getattr(torch._C, "_aoti", None), "AOTIModelPackageLoader", None)
+    if loader_class is not None and hasattr(loader_class, "boxed_run"):
+        try:
+            return _Package(loader_class(str(path), "model", run_single_threaded, 1, device_index))
+        except TypeError:  # re-signed in this torch: the public loader knows
+            pass
     from torch._inductor.package import load_package
 
     return load_package(str(path), run_single_threaded=run_single_threaded, device_index=device_index)

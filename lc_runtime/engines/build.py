@@ -264,14 +264,15 @@ def _engine_kernels(backend: str, device: torch.device, requested: str | None) -
 
 def _engine_attention(backend: str, device: torch.device, requested: str | None) -> str:
     """The attention backend traced into the graphs: ONNX/TensorRT need plain SDPA (-> the ONNX Attention op);
-    aoti on a GPU takes the best fused kernel the device offers (cuDNN, else flash), FA3 only when asked for."""
+    aoti on a GPU takes the best kernel the device offers, the one the fast path picks (FA3 on Hopper with fa3-fwd,
+    else cuDNN, else flash)."""
     from ..ops.attention import available_backends
 
     if backend != "aoti":
         return "sdpa"
     if requested is not None:
         return requested
-    return next(n for n in available_backends(device) if n != "fa3") if device.type == "cuda" else "sdpa"
+    return available_backends(device)[0] if device.type == "cuda" else "sdpa"
 
 
 def _build(sources, backend, profile, out, dev, dtype, graphs, progress, attention, tensorrt_options, command, kernels):

@@ -36,7 +36,8 @@ class EngineShapeError(EngineError):
 # ---------------------------------------------------------------------------------------------- CUDA graphs
 class StaticGraph:
     """Replays ``fn`` (fixed shapes) as a CUDA graph: inputs are copied into static buffers, the graph is
-    captured on the first call (after ``warmup`` eager runs on a side stream) and replayed afterwards.
+    captured on the first call (after ``warmup`` eager runs on a side stream, the last of which is that call's result)
+    and replayed afterwards.
 
     Outputs are cloned, so a result stays valid after the next replay, and the graphs of one engine folder share
     one memory ``pool`` (they replay one at a time on one stream), so capturing all of them costs the activation
@@ -51,24 +52,32 @@ class StaticGraph:
 
     def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if self.graph is None:
-            self._capture(inputs)
+            first = self._capture(inputs)
+            if first is not None:  # the warm-up computed this call already: the first step costs one run
+                return first
         for buf, x in zip(self.static_in, inputs):
             if buf.data_ptr() != x.data_ptr():
                 buf.copy_(x)
         self.graph.replay()
         return tuple(o.clone() for o in self.static_out)
 
-    def _capture(self, inputs) -> None:
+    def _capture(self, inputs) -> tuple[torch.Tensor, ...] | None:
+        """Warm up (lazy initialisation: cuBLAS handles, TensorRT contexts, Triton loads) outside the capture, on a
+        side stream, then capture. Returns the last warm-up's outputs (None without warm-up)."""
         self.static_in = [x.clone() for x in inputs]
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
+        main, side = torch.cuda.current_stream(), torch.cuda.Stream()
+        side.wait_stream(main)
+        first = None
         with torch.cuda.stream(side):
-            for _ in range(self.warmup):  # lazy initialisation (cuBLAS handles, TensorRT contexts) outside capture
-                self.fn(*self.static_in)
-        torch.cuda.current_stream().wait_stream(side)
+            for _ in range(self.warmup):
+                first = self.fn(*self.static_in)
+        main.wait_stream(side)
+        for t in first or ():
+            t.record_stream(main)  # made on the side stream, read on the main one
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph, pool=self.pool):
             self.static_out = self.fn(*self.static_in)
+        return first
 
 
 class CheckedGraph:

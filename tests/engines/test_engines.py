@@ -33,6 +33,7 @@ from lc_runtime.engines.runtime import EngineShapeError
 from lc_runtime.export import ProfileError, dit_graph_specs, resolve_profile
 from lc_runtime.export.onnx_export import export_onnx, op_counts
 from lc_runtime.models.dit import LongCatDiT, init_random_, load_dit
+from lc_runtime.ops.attention import available_backends
 from lc_runtime.weights import CheckpointError
 
 PROFILE = "32x48x21"
@@ -453,6 +454,58 @@ def test_aoti_block_sparse_engine_on_cuda(tmp_path):
             truth = m32(x, t, text_context=text32, num_cond_latents=4)
             eager = m(x.bfloat16(), t, text_context=text, num_cond_latents=4).float()
             assert rel_err(got, truth) <= 2 * rel_err(eager, truth) + 1e-6
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or "fa3" not in available_backends("cuda"), reason="needs FlashAttention-3 (Hopper)"
+)
+def test_aoti_engine_traces_fa3_into_every_dit_graph_by_default(tmp_path):
+    """On Hopper with fa3-fwd, an aoti build's default attention is FA3, as the fast path's: every DiT graph (forward
+    with and without conditioning, prefill returning K/V, cached decode) builds with it, records it, and, replayed
+    as CUDA graphs, is within 2x the eager bf16 DiT's error (FA3 too) of the fp32 DiT (STYLE #9). Head dim 128."""
+    from lc_runtime.config import DiTConfig
+    from lc_runtime.engines.build import build_engines_from_modules
+    from lc_runtime.ops.attention import get_attention_backend, select_attention_backend, set_attention_backend
+
+    cfg = DiTConfig(hidden_size=256, depth=2, num_heads=2, caption_channels=24, adaln_tembed_dim=32)
+    m = init_random_(LongCatDiT(cfg), seed=7, device="cuda", dtype=torch.bfloat16).eval()
+    m32 = init_random_(LongCatDiT(cfg), seed=7, device="cuda", dtype=torch.float32).eval()
+    out = tmp_path / "fa3"
+    summary = build_engines_from_modules({"dit": m}, "aoti", PROFILE, out, graphs=DIT_GRAPHS, progress=False)
+    assert Manifest.load(out).attention == "fa3" and len(summary.graphs) == len(DIT_GRAPHS)
+    den = load_engines(out, modules={"dit": m}).denoiser()
+    g = torch.Generator().manual_seed(3)
+    y, mask = torch.randn(2, 1, 512, 24, generator=g).cuda(), torch.ones(2, 512, device="cuda")
+    x, cond = torch.randn(2, 16, 6, 4, 6, generator=g).cuda(), torch.randn(1, 16, 4, 4, 6, generator=g).cuda()
+    previous = get_attention_backend()
+    try:
+        select_attention_backend("fa3", "cuda")
+        with torch.no_grad():
+            text, text32 = m.prepare_text(y.bfloat16(), mask), m32.prepare_text(y, mask)
+            kv, kv32 = den.prefill(cond.bfloat16()), m32.prefill(cond)
+            kv_eager = m.prefill(cond.bfloat16())
+            for what, got, eager, truth in [
+                ("prefill K", kv.k, kv_eager.k, kv32.k),
+                ("prefill V", kv.v, kv_eager.v, kv32.v),
+            ]:
+                assert rel_err(got, truth) <= 2 * rel_err(eager, truth) + 1e-6, what
+            t0, t1 = torch.tensor([700.0, 700.0], device="cuda"), torch.tensor([[0.0] + [450.0] * 5] * 2).cuda()
+            t_dec = torch.tensor([300.0, 300.0], device="cuda")
+            for what, xi, t, nc, cached in [
+                ("forward nc=0", x, t0, 0, False),
+                ("forward nc=1", x, t1, 1, False),
+                ("cached decode", x[:, :, 4:], t_dec, 0, True),
+            ]:
+                got = den(xi.bfloat16(), t, text, nc, kv if cached else None)
+                assert torch.equal(got, den(xi.bfloat16(), t, text, nc, kv if cached else None)), what
+                eager = m(
+                    xi.bfloat16(), t, text_context=text, num_cond_latents=nc, kv_cache=kv_eager if cached else None
+                )
+                truth = m32(xi, t, text_context=text32, num_cond_latents=nc, kv_cache=kv32 if cached else None)
+                assert rel_err(got, truth) <= 2 * rel_err(eager, truth) + 1e-6, what
+    finally:
+        set_attention_backend(previous)
 
 
 def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
