@@ -324,9 +324,7 @@ def main(argv=None) -> int:
     engine_dir = Path(args.work_dir or tempfile.mkdtemp(prefix="lc-bench-engines-")) / "engine"
     run.stage("eager", (n + 1) * step() + 10, lambda: stage_eager(*model(), device, n, state))
     build_needs = args.build_estimate or (300.0 if args.config == "longcat-13b" else 90.0)
-    built = run.stage(
-        "build", build_needs, lambda: stage_build(model()[0], profile, engine_dir, device, dtype, args.attention)
-    )
+    built = run.stage("build", build_needs, lambda: stage_build(model()[0], profile, engine_dir, device, dtype, args))
     ok = built is not None and built["status"] == "ok"
     if ok:
         run.stage("engine", 20 + (n + 2) * step(), lambda: stage_engine(*model(), engine_dir, device, n, state))
@@ -363,14 +361,20 @@ def stage_eager(dit, inputs, device, steps, state) -> dict:
     return {"warmup_s": warm[0], "step_s": state["eager_s"], "steps_s": times, "peak_gb": peak_gb(device)}
 
 
-def stage_build(dit, profile, engine_dir, device, dtype, attention=None) -> dict:
+def stage_build(dit, profile, engine_dir, device, dtype, args) -> dict:
+    import contextlib
+
+    import torch._inductor.config
+
     from lc_runtime.engines.build import build_engines_from_modules
 
     caches = {k: os.environ.get(k) for k in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")}
-    summary = build_engines_from_modules(
-        {"dit": dit}, "aoti", profile, engine_dir, graphs=("dit_forward_nc0",), device=device, dtype=dtype,
-        overwrite=True, attention=attention,
-    )  # fmt: skip
+    tuning = torch._inductor.config.patch(max_autotune=True) if args.max_autotune else contextlib.nullcontext()
+    with tuning:
+        summary = build_engines_from_modules(
+            {"dit": dit}, "aoti", profile, engine_dir, graphs=("dit_forward_nc0",), device=device, dtype=dtype,
+            overwrite=True, attention=args.attention, kernels=args.kernels,
+        )  # fmt: skip
     g = summary.graphs[0]
     return {"build_s": g.seconds, "package_bytes": g.bytes, "total_s": summary.seconds, "caches": caches}
 
@@ -524,6 +528,8 @@ def stage_cold_start(engine_dir, profile, dit_args, run) -> dict:
         fresh = _cold_start_child(cmd, caches, run)
         fresh["meets_target"] = fresh["first_step_done_s"] <= COLD_START_TARGET_S
         res["empty_caches"] = fresh
+    if run.left() > 90:  # a third run, profiled (cProfile slows the host side, so it is not the timed one)
+        res["profiled"] = _cold_start_child(cmd, {"LC_BENCH_PROFILE_FIRST_STEP": "1"}, run)
     return res
 
 
@@ -533,7 +539,10 @@ def _cold_start_child(cmd, env_changes: dict, run) -> dict:
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("CHILD_RESULT ")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"cold-start process failed (rc {proc.returncode}): {proc.stderr[-3000:]}")
-    return json.loads(lines[-1].removeprefix("CHILD_RESULT "))
+    res = json.loads(lines[-1].removeprefix("CHILD_RESULT "))
+    if "CHILD_PROFILE" in proc.stderr:
+        res["first_step_profile"] = proc.stderr.split("CHILD_PROFILE", 1)[1][:12000]
+    return res
 
 
 def cold_start_child(args) -> int:
@@ -561,10 +570,25 @@ def cold_start_child(args) -> int:
     latents, t, text = step_inputs(dit, profile)
     sync(device)
     marks["inputs_ready"] = time.time()
+    modules_before = set(sys.modules)
+    profiler = None
+    if os.environ.get("LC_BENCH_PROFILE_FIRST_STEP"):  # where the first step's host time goes
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
     with torch.no_grad():
         den(latents, t, text, 0, None)
     sync(device)
     marks["first_step_done"] = time.time()
+    if profiler is not None:
+        import io
+        import pstats
+
+        profiler.disable()
+        text_out = io.StringIO()
+        pstats.Stats(profiler, stream=text_out).sort_stats("cumulative").print_stats(45)
+        print("CHILD_PROFILE\n" + text_out.getvalue(), file=sys.stderr, flush=True)
     weights_s = marks["weights"] - marks["cuda_init"]
     result = {
         "timeline": {k: round(v - spawn, 3) for k, v in marks.items()},
@@ -572,6 +596,7 @@ def cold_start_child(args) -> int:
         "ready_s": marks["inputs_ready"] - spawn - weights_s,
         "first_step_s": marks["first_step_done"] - marks["inputs_ready"],
         "first_step_done_s": marks["first_step_done"] - spawn - weights_s,
+        "imported_during_first_step": sorted({m.split(".")[0] for m in set(sys.modules) - modules_before}),
     }
     print("CHILD_RESULT " + json.dumps(result), flush=True)
     return 0
@@ -645,6 +670,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--attention", help="attention backend traced into the engine (default: the best, as the build picks it)"
     )
+    p.add_argument("--kernels", choices=["torch", "triton"], help="DiT kernel table traced in (default: the build's)")
+    p.add_argument("--max-autotune", action="store_true", help="build with Inductor's max_autotune (GEMM templates)")
     p.add_argument("--build-estimate", type=float, help="seconds the build stage is assumed to need (skip if less)")
     p.add_argument("--work-dir", help="where the engine folder is built (default: a temp dir)")
     p.add_argument("--warm-caches", action="store_true", help="keep the usual Inductor/Triton caches (default: fresh)")
