@@ -32,6 +32,8 @@ from collections.abc import Sequence
 
 import torch
 
+from lc_runtime.ops.registry import defer_dynamo_import
+
 __all__ = [
     "ascending_selection",
     "block_sparse_attention",
@@ -329,6 +331,9 @@ def _bsa_cuda(q, k, v, latent_shape_q, latent_shape_k, sparsity, cdf_threshold, 
 @_bsa_op.register_fake
 def _bsa_fake(q, k, v, latent_shape_q, latent_shape_k, sparsity, cdf_threshold, chunk_3d_shape):
     return _empty_output(q)
+
+
+defer_dynamo_import(_bsa_op)
 
 
 def block_sparse_attention(

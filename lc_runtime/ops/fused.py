@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from .attention import merge_attention_ref
+from .registry import defer_dynamo_import
 from .rope import apply_rope
 
 EPS = 1e-6
@@ -221,6 +222,10 @@ def _(o_a, lse_a, o_b, lse_b):
 @_merge_op.register_fake
 def _(o_a, lse_a, o_b, lse_b):
     return _nhd_like(o_a)
+
+
+for _op in (_modulate_op, _layer_norm_op, _gated_add_op, _qk_norm_rope_op, _head_rms_norm_op, _swiglu_op, _merge_op):
+    defer_dynamo_import(_op)
 
 
 # ---------------------------------------------------------------------------------------------- wrappers

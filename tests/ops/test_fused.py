@@ -379,3 +379,24 @@ def _interpreter_rne_cast() -> None:
 if __name__ == "__main__" and sys.argv[1:] == ["--interpreter-worker"]:
     _interpreter_rne_cast()
     print(json.dumps(kernel_records("cpu")))
+
+
+def test_first_op_calls_do_not_import_dynamo_and_compile_still_works():
+    """Our ops' first calls leave torch._dynamo unimported (2-4 s of a cold start, lc_runtime/ops/registry.py);
+    once something imports it, torch.compile traces the ops as before and the results do not change."""
+    code = """
+import sys, torch
+from lc_runtime.ops import block_sparse_attention, fused
+x, s = torch.randn(1, 6, 8), torch.randn(1, 2, 1, 8)
+q = torch.randn(1, 2, 128, 16)
+first, bsa = fused.modulate(x, s, s), block_sparse_attention(q, q, q, (8, 4, 4), (8, 4, 4), sparsity=0.5)
+assert "torch._dynamo" not in sys.modules, "a first op call imported torch._dynamo"
+compiled = torch.compile(lambda a: fused.modulate(a, s, s), backend="eager", fullgraph=True)
+assert torch.equal(compiled(x), first)
+assert torch.equal(fused.modulate(x, s, s), first)
+assert torch.equal(block_sparse_attention(q, q, q, (8, 4, 4), (8, 4, 4), sparsity=0.5), bsa)
+print("ok")
+"""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[2]), *sys.path]))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
