@@ -571,6 +571,16 @@ def cold_start_child(args) -> int:
     sync(device)
     marks["inputs_ready"] = time.time()
     modules_before = set(sys.modules)
+    dynamo_from: dict = {}  # where torch._dynamo gets imported from, if the first step imports it
+
+    class _ImportTracer:
+        @staticmethod
+        def find_spec(name, path=None, target=None):
+            if name == "torch._dynamo" and not dynamo_from:
+                dynamo_from["stack"] = "".join(traceback.format_stack(limit=30)[:-1])
+            return None
+
+    sys.meta_path.insert(0, _ImportTracer)
     profiler = None
     if os.environ.get("LC_BENCH_PROFILE_FIRST_STEP"):  # where the first step's host time goes
         import cProfile
@@ -597,6 +607,7 @@ def cold_start_child(args) -> int:
         "first_step_s": marks["first_step_done"] - marks["inputs_ready"],
         "first_step_done_s": marks["first_step_done"] - spawn - weights_s,
         "imported_during_first_step": sorted({m.split(".")[0] for m in set(sys.modules) - modules_before}),
+        "dynamo_imported_from": dynamo_from.get("stack"),
     }
     print("CHILD_RESULT " + json.dumps(result), flush=True)
     return 0

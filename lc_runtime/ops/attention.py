@@ -63,6 +63,9 @@ def fa3_interface():
             except Exception:  # a broken or CPU-only install counts as absent
                 continue
             if hasattr(mod, "flash_attn_func"):
+                from .registry import defer_module_ops
+
+                defer_module_ops(mod)  # its op's first call would import torch._dynamo (seconds of a cold start)
                 _FA3["module"] = mod
                 break
     return _FA3["module"]

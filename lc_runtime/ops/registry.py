@@ -7,6 +7,9 @@ of the cold start), although nothing in an inference process compiles anything. 
 a ``torch.compile`` frame may be running, which needs ``torch._dynamo`` imported first. So until it is imported,
 :func:`defer_dynamo_import` lets the kernel run as it is; once it is, the call is handed back to torch's own
 wrapper for good. Where torch's internals differ (another version), it changes nothing.
+
+FlashAttention-3's ``fa3-fwd`` registers its op the same way (the import in the first step on the H200 came from it
+once ours were deferred), so :func:`defer_module_ops` applies the same to the custom ops a module defines.
 """
 
 from __future__ import annotations
@@ -34,3 +37,14 @@ def defer_dynamo_import(op) -> None:
         fn = getattr(kernel, "__wrapped__", None)
         if fn is not None and getattr(fn, _ATTR, None) is None and "torch._dynamo" not in sys.modules:
             setattr(fn, _ATTR, _deferred(fn))
+
+
+def defer_module_ops(module) -> None:
+    """:func:`defer_dynamo_import` for every ``torch.library.custom_op`` defined at the top of ``module``."""
+    try:
+        from torch._library.custom_ops import CustomOpDef
+    except ImportError:
+        return
+    for value in list(vars(module).values()):
+        if isinstance(value, CustomOpDef):
+            defer_dynamo_import(value)

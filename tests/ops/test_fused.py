@@ -390,6 +390,12 @@ from lc_runtime.ops import block_sparse_attention, fused
 x, s = torch.randn(1, 6, 8), torch.randn(1, 2, 1, 8)
 q = torch.randn(1, 2, 128, 16)
 first, bsa = fused.modulate(x, s, s), block_sparse_attention(q, q, q, (8, 4, 4), (8, 4, 4), sparsity=0.5)
+import types
+from lc_runtime.ops.registry import defer_module_ops
+other = types.ModuleType("other")  # another package's op (as fa3-fwd's), deferred by module
+other.twice = torch.library.custom_op("lc_test::twice", lambda t: t * 2, mutates_args=(), schema="(Tensor t) -> Tensor")
+defer_module_ops(other)
+assert torch.equal(other.twice(x), 2 * x)
 assert "torch._dynamo" not in sys.modules, "a first op call imported torch._dynamo"
 compiled = torch.compile(lambda a: fused.modulate(a, s, s), backend="eager", fullgraph=True)
 assert torch.equal(compiled(x), first)
