@@ -102,10 +102,31 @@ def build_aoti(
             torch._inductor.aoti_compile_and_package(program, package_path=str(path), inductor_configs=configs)
 
 
+def derived_constants(module: nn.Module, fqns: list[str]) -> dict[str, torch.Tensor]:
+    """Constants a graph reads that are not in the state dict but derived from it, made on ``module`` as its fast
+    path makes them: ``owner.X`` made by ``owner.fuse_X()`` (the FFN's fused [w1; w3] weight ``w13``, whose halves
+    then alias w1 and w3: no extra memory)."""
+    out = {}
+    for fqn in fqns:
+        path, _, leaf = fqn.rpartition(".")
+        try:
+            owner = module.get_submodule(path)
+        except AttributeError:
+            continue
+        make = getattr(owner, f"fuse_{leaf}", None)
+        if make is not None:
+            make()
+        value = getattr(owner, leaf, None)
+        if isinstance(value, torch.Tensor):
+            out[fqn] = value
+    return out
+
+
 def bind_constants(compiled, module: nn.Module, where: str) -> None:
     """Point the package's constants at ``module``'s tensors (by reference, see the module docstring)."""
     state = module.state_dict()
     fqns = compiled.get_constant_fqns()
+    state.update(derived_constants(module, [f for f in fqns if f not in state]))
     missing = [f for f in fqns if f not in state]
     if missing:
         raise EngineMismatchError(

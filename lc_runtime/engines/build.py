@@ -370,12 +370,11 @@ def _traced_as(name: str, module: nn.Module, profile: ShapeProfile, manifest):
       ``lc_runtime::block_sparse_attention`` op;
     - the kernel table ``manifest.kernels``: with "triton" the graph calls the runtime's fused ops (the same
       kernels as the fast path; AOTInductor calls them through its proxy executor and a CUDA graph replays them)
-      and Inductor compiles the GEMMs and the glue; the FFN keeps w1 and w3 as two GEMMs (the fused [w1; w3]
-      weight is not in the state dict the package binds), whose silu·mul Inductor fuses."""
+      and Inductor compiles the GEMMs and the glue; the FFN runs the fast path's one [w1; w3] GEMM, whose fused
+      weight (a non-persistent buffer, ``blocks.N.ffn.w13``) the loader derives again from w1 and w3."""
     if name != "dit":
         yield
         return
-    from dataclasses import replace
 
     from ..models.dit import kernel_table
 
@@ -385,7 +384,10 @@ def _traced_as(name: str, module: nn.Module, profile: ShapeProfile, manifest):
     else:
         module.disable_bsa()
     if manifest.kernels != "torch":
-        module.set_ops(replace(kernel_table(manifest.kernels, manifest.attention or None), swiglu=None))
+        ops = kernel_table(manifest.kernels, manifest.attention or None)
+        for blk in module.blocks:  # the fast path's one [w1; w3] GEMM; the package binds w13 as a constant
+            blk.ffn.fuse_w13()
+        module.set_ops(ops)
     try:
         yield
     finally:

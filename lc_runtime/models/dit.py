@@ -306,7 +306,9 @@ class FeedForwardSwiGLU(nn.Module):
         super().__init__()
         c, h = cfg.hidden_size, cfg.ffn_hidden_size
         self.w1, self.w2, self.w3 = Linear(c, h, bias=False), Linear(h, c, bias=False), Linear(c, h, bias=False)
-        self.w13: torch.Tensor | None = None  # [w1; w3] [2h, c] once fused; not in the state dict
+        # [w1; w3] [2h, c] once fused: a non-persistent buffer, so it is not in the state dict but an exported graph
+        # names it by its path (blocks.N.ffn.w13), which lets an engine bind it (engines/aoti.py derived_constants)
+        self.register_buffer("w13", None, persistent=False)
 
     def fuse_w13(self) -> None:
         """Store w1 and w3 as one [2h, c] tensor (one GEMM) and make ``w1.weight``/``w3.weight`` views of it: the

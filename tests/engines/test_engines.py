@@ -298,8 +298,9 @@ def test_aoti_engine_runs_on_the_models_own_weights(aoti_dir, case):
 
 @torch.no_grad()
 def test_aoti_engine_with_the_fused_kernel_table_matches_eager(tmp_path, dit, case):
-    """kernels="triton" (the default for aoti on CUDA): the graph calls the runtime's fused ops, as the fast path
-    does (here their CPU references, through AOTInductor's proxy executor), and equals the eager DiT."""
+    """kernels="triton" (the default for aoti on CUDA): the graph calls the runtime's fused ops and the one [w1; w3]
+    FFN GEMM, as the fast path does (here the ops' CPU references, through AOTInductor's proxy executor), binds the
+    fused weight the loader derives from w1 and w3, and equals the eager DiT."""
     import zipfile
 
     from lc_runtime.engines.build import build_engines_from_modules
@@ -312,8 +313,11 @@ def test_aoti_engine_with_the_fused_kernel_table_matches_eager(tmp_path, dit, ca
     assert dit.kernels == "torch"  # the caller's module comes back with its own table
     with zipfile.ZipFile(out / "dit_forward_nc1.pt2") as z:
         text = " ".join(z.read(n).decode(errors="ignore") for n in z.namelist() if n.endswith(".json"))
-    assert all(f"lc_runtime::fused_{op}" in text for op in ("modulate", "gated_add", "qk_norm_rope", "layer_norm"))
+    ops = ("modulate", "gated_add", "qk_norm_rope", "layer_norm", "swiglu")  # swiglu: on the one [w1; w3] GEMM
+    assert all(f"lc_runtime::fused_{op}" in text for op in ops)
     den = load_engines(out, modules={"dit": dit}, use_cuda_graph=False).denoiser()
+    ffn = dit.blocks[0].ffn  # the engine binds the fused weight, whose halves are w1 and w3 (no copy)
+    assert ffn.w13.data_ptr() == ffn.w1.weight.data_ptr() and "blocks.0.ffn.w13" not in dit.state_dict()
     x, t = case["latents"], torch.tensor([[0.0] + [450.0] * 5] * 2)
     ref = dit(x, t, text_context=case["text"], num_cond_latents=1)
     assert_close(den(x, t, case["text"], 1, None), ref, **tol(ref), what="forward nc=1, fused kernel table")
