@@ -77,7 +77,11 @@ def add_build_engines_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--graphs", type=_csv, help="subset of graph names, e.g. dit_forward_nc0,dit_decode")
     p.add_argument("--device", help="cpu or cuda (default: cuda if available; tensorrt needs cuda)")
     p.add_argument("--dtype", choices=["bf16", "fp32"], help="default bf16 on CUDA, fp32 on the CPU")
-    p.add_argument("--attention", help="attention backend traced into aoti graphs (default: the best, FA3 if asked)")
+    p.add_argument(
+        "--attention",
+        help="attention backend traced into aoti graphs (default: the fast path's: FA3 on Hopper with fa3-fwd, "
+        "else cuDNN, else flash)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing engine folder")
     p.add_argument("--quiet", action="store_true", help="no progress lines, only the summary")
     p.set_defaults(func=_cmd_build_engines)
