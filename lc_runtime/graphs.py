@@ -37,8 +37,8 @@ from .profiling import nvtx_range
 
 class Captured(NamedTuple):
     replay: Callable[[], None]  # runs the captured call again into ``out``
-    out: torch.Tensor  # the static output buffer
-    first: torch.Tensor | None  # the warm-up's result for the inputs it was captured with (None: no warm-up ran)
+    out: torch.Tensor | tuple[torch.Tensor, ...]  # the static output buffer(s)
+    first: torch.Tensor | tuple[torch.Tensor, ...] | None  # the warm-up's result for the captured inputs (None: none)
 
 
 Capture = Callable[..., Captured]
@@ -91,9 +91,10 @@ def graph_key(dit: LongCatDiT, latents, timestep, text: TextContext, num_cond_la
 
 
 def cuda_graph_capture(fn: Callable[[], torch.Tensor], *, warmup: int, pool) -> Captured:
-    """Warm ``fn`` up on a side stream (Triton JIT, cuBLAS/cuDNN plans, RoPE tables), then capture one call into
-    ``pool``. Returns (replay, static output, the last warm-up's output or None): the warm-up computed this call's
-    result already, so the caller returns it instead of replaying (the first step costs one forward, not two)."""
+    """Warm ``fn`` up on a side stream (Triton JIT, cuBLAS/cuDNN plans, RoPE tables, TensorRT contexts), then
+    capture one call into ``pool``. Returns (replay, static output, the last warm-up's output or None): the warm-up
+    computed this call's result already, so the caller returns it instead of replaying (the first step costs one
+    forward, not two). ``fn`` returns a tensor or a tuple of tensors (engine graphs)."""
     first = None
     if warmup:
         main, side = torch.cuda.current_stream(), torch.cuda.Stream()
@@ -102,7 +103,8 @@ def cuda_graph_capture(fn: Callable[[], torch.Tensor], *, warmup: int, pool) -> 
             for _ in range(warmup):
                 first = fn()
         main.wait_stream(side)
-        first.record_stream(main)  # made on the side stream, read on the main one
+        for t in first if isinstance(first, (tuple, list)) else (first,):
+            t.record_stream(main)  # made on the side stream, read on the main one
         del side
     # The warm-up's activations sit in the caching allocator under the side stream, where neither the capture
     # (it allocates from the graph's private pool) nor any later allocation of the main stream can reuse them (a

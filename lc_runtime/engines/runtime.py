@@ -23,6 +23,7 @@ from torch import nn
 
 from ..export.profiles import ShapeProfile
 from ..export.specs import GraphSpec
+from ..graphs import cuda_graph_capture
 from ..models.dit import KVCache, TextContext
 from .manifest import EngineError, EngineMismatchError, Manifest
 
@@ -36,8 +37,8 @@ class EngineShapeError(EngineError):
 # ---------------------------------------------------------------------------------------------- CUDA graphs
 class StaticGraph:
     """Replays ``fn`` (fixed shapes) as a CUDA graph: inputs are copied into static buffers, the graph is
-    captured on the first call (after ``warmup`` eager runs on a side stream, the last of which is that call's result)
-    and replayed afterwards.
+    captured on the first call by :func:`lc_runtime.graphs.cuda_graph_capture` (as the fast path's graphs: ``warmup``
+    eager runs on a side stream, the last of which is that call's result) and replayed afterwards.
 
     Outputs are cloned, so a result stays valid after the next replay, and the graphs of one engine folder share
     one memory ``pool`` (they replay one at a time on one stream), so capturing all of them costs the activation
@@ -46,38 +47,23 @@ class StaticGraph:
 
     def __init__(self, fn: Graph, *, warmup: int = 1, pool=None):
         self.fn, self.warmup, self.pool = fn, warmup, pool
-        self.graph: torch.cuda.CUDAGraph | None = None
+        self.replay: Callable[[], None] | None = None
         self.static_in: list[torch.Tensor] = []
         self.static_out: tuple[torch.Tensor, ...] = ()
 
     def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        if self.graph is None:
-            first = self._capture(inputs)
+        if self.replay is None:
+            self.static_in = [x.clone() for x in inputs]
+            self.replay, self.static_out, first = cuda_graph_capture(
+                lambda: self.fn(*self.static_in), warmup=self.warmup, pool=self.pool
+            )
             if first is not None:  # the warm-up computed this call already: the first step costs one run
                 return first
         for buf, x in zip(self.static_in, inputs):
             if buf.data_ptr() != x.data_ptr():
                 buf.copy_(x)
-        self.graph.replay()
+        self.replay()
         return tuple(o.clone() for o in self.static_out)
-
-    def _capture(self, inputs) -> tuple[torch.Tensor, ...] | None:
-        """Warm up (lazy initialisation: cuBLAS handles, TensorRT contexts, Triton loads) outside the capture, on a
-        side stream, then capture. Returns the last warm-up's outputs (None without warm-up)."""
-        self.static_in = [x.clone() for x in inputs]
-        main, side = torch.cuda.current_stream(), torch.cuda.Stream()
-        side.wait_stream(main)
-        first = None
-        with torch.cuda.stream(side):
-            for _ in range(self.warmup):
-                first = self.fn(*self.static_in)
-        main.wait_stream(side)
-        for t in first or ():
-            t.record_stream(main)  # made on the side stream, read on the main one
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, pool=self.pool):
-            self.static_out = self.fn(*self.static_in)
-        return first
 
 
 class CheckedGraph:
