@@ -182,11 +182,10 @@ def build_engines(
     (default all of the profile); ``dtype``: default bf16 on CUDA, fp32 on the CPU; ``batch``: override the
     profile's DiT batch (1 = no CFG); ``bsa``: block-sparse attention in the DiT forward graphs on/off (default:
     the profile's, on for ``720p-refine``; aoti only); ``cond_latents``: the conditioned forward graphs to build
-    (default: the profile's); ``attention``: the attention backend traced into aoti graphs
-    (default: the best the device offers, FA3 only when asked for); ``kernels``: the DiT kernel table traced,
-    "triton" (the runtime's fused ops; default for aoti on CUDA) or "torch" (the reference math). Raises
-    ProfileError / CheckpointError / EngineError with a clear message before any heavy work when the request cannot
-    be built.
+    (default: the profile's); ``attention``: the attention backend traced into aoti graphs (default: the fast
+    path's: FA3 on Hopper with fa3-fwd, else cuDNN, else flash); ``kernels``: the DiT kernel table traced, "triton"
+    (the runtime's fused ops; default for aoti on CUDA) or "torch" (the reference math). Raises ProfileError /
+    CheckpointError / EngineError with a clear message before any heavy work when the request cannot be built.
     """
     profile, dev, dtype, out = _prepare(
         backend, profile, dict(batch=batch, bsa=bsa, cond_latents=cond_latents), device, dtype, out, overwrite
