@@ -422,10 +422,10 @@ def stage_cudagraph(dit, inputs, engine_dir, device, steps, state) -> dict:
     return res
 
 
-def stage_fast_path(dit, inputs, device, steps, state) -> dict:
-    """The runtime's fastest non-engine path, as Pipeline(compile="graph", kernels="auto") builds it."""
-    import torch
-
+def fast_path_denoiser(dit, device):
+    """The runtime's fastest non-engine path, as Pipeline(compile="graph", kernels="auto") builds it: the best
+    attention backend (process-wide: reset with ``select_attention_backend("sdpa")`` afterwards), the fused kernel
+    table, a CUDA-graph denoiser. Returns (denoiser, attention, kernels)."""
     from lc_runtime.graphs import GraphDenoiser
     from lc_runtime.ops.attention import select_attention_backend
     from lc_runtime.ops.fused import triton_available
@@ -433,7 +433,15 @@ def stage_fast_path(dit, inputs, device, steps, state) -> dict:
     attention = select_attention_backend(None, device)
     kernels = "triton" if triton_available() else "torch"
     dit.use_kernels(kernels)
-    den = GraphDenoiser(dit, use_cuda_graph=device.type == "cuda")
+    return GraphDenoiser(dit, use_cuda_graph=device.type == "cuda"), attention, kernels
+
+
+def stage_fast_path(dit, inputs, device, steps, state) -> dict:
+    import torch
+
+    from lc_runtime.ops.attention import select_attention_backend
+
+    den, attention, kernels = fast_path_denoiser(dit, device)
     latents, t, text = inputs
     with torch.no_grad():
         first = timed(lambda: den(latents, t, text, 0, None), device, 1)
@@ -453,19 +461,16 @@ def stage_fast_path(dit, inputs, device, steps, state) -> dict:
 def stage_interleave(dit, inputs, engine_dir, device, rounds: int) -> dict:
     """Graphed engine, direct engine and fast path, one step each per round, order rotated each round."""
     import torch
+    from common import median
 
     from lc_runtime.engines import load_engines
-    from lc_runtime.graphs import GraphDenoiser
     from lc_runtime.ops.attention import select_attention_backend
-    from lc_runtime.ops.fused import triton_available
 
     contenders = {
         "engine_graph": load_engines(engine_dir, modules={"dit": dit}, use_cuda_graph=device.type == "cuda").denoiser(),
         "engine_direct": load_engines(engine_dir, modules={"dit": dit}, use_cuda_graph=False).denoiser(),
-    }  # bound before the fast path's kernel table adds its fused FFN weight to the DiT
-    attention = select_attention_backend(None, device)
-    dit.use_kernels("triton" if triton_available() else "torch")
-    contenders["fast_path"] = GraphDenoiser(dit, use_cuda_graph=device.type == "cuda")
+    }
+    contenders["fast_path"], attention, _ = fast_path_denoiser(dit, device)
     latents, t, text = inputs
     names = list(contenders)
     times: dict[str, list[float]] = {name: [] for name in names}
@@ -492,11 +497,6 @@ def stage_interleave(dit, inputs, engine_dir, device, rounds: int) -> dict:
         "rounds_graph_not_slower": sum(r <= 1.0 for r in per_round),
         "peak_gb": peak_gb(device),
     }
-
-
-def median(values: list[float]) -> float:
-    v = sorted(values)
-    return v[len(v) // 2] if len(v) % 2 else 0.5 * (v[len(v) // 2 - 1] + v[len(v) // 2])
 
 
 def stage_compiled(dit, inputs, device, steps, state) -> dict:

@@ -19,6 +19,19 @@ import triton
 from lc_runtime.ops import triton_kernels as K
 
 
+def sweep(res: list, kernel: str, launch, out: torch.Tensor, reference: tuple, configs, names, *, moved: int) -> None:
+    """Time ``launch(*config)`` for every config (median of do_bench), checking that each writes into ``out`` the
+    same bits as ``launch(*reference)``; appends a record per config to ``res`` (``moved``: bytes per launch)."""
+    launch(*reference)
+    ref = out.clone()
+    for config in configs:
+        launch(*config)
+        ok = bool(torch.equal(out, ref))
+        ms = triton.testing.do_bench(lambda c=config: launch(*c), warmup=25, rep=200, return_mode="median")
+        res.append({"kernel": kernel, **dict(zip(names, config)), "ms": ms, "tb_s": moved / ms / 1e9, "equal": ok})
+        print(res[-1], flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="bench/results")
@@ -40,24 +53,11 @@ def main() -> None:
             ROPE=True, BLOCK_R=block_r, BLOCK_D=D, num_warps=warps,
         )  # fmt: skip
 
-    ref = out.clone()
-    hnr(16, 4)
-    ref.copy_(out)
-    moved = 2 * rows * D * 2  # read q once, write once (bf16)
-    for block_r in (16, 32, 64, 128):
-        for warps in (2, 4, 8):
-            hnr(block_r, warps)
-            ok = bool(torch.equal(out, ref))
-            ms = triton.testing.do_bench(
-                lambda br=block_r, nw=warps: hnr(br, nw), warmup=25, rep=200, return_mode="median"
-            )
-            res.append({"kernel": "head_norm_rope", "block_r": block_r, "warps": warps, "ms": ms,
-                        "tb_s": moved / ms / 1e9, "equal": ok})  # fmt: skip
-            print(res[-1], flush=True)
+    configs = [(block_r, warps) for block_r in (16, 32, 64, 128) for warps in (2, 4, 8)]
+    sweep(res, "head_norm_rope", hnr, out, (16, 4), configs, ("block_r", "warps"), moved=2 * rows * D * 2)
     x = torch.randn(B, N, C, device=dev, dtype=torch.bfloat16)
     y = torch.empty_like(x)
     shift, scale = torch.randn(B, T, 1, C, device=dev), torch.randn(B, T, 1, C, device=dev)
-    moved = 2 * B * N * C * 2
 
     def nr(rows_pp, warps):
         K._norm_rows_kernel[(B * N // rows_pp,)](
@@ -67,20 +67,8 @@ def main() -> None:
             AFFINE=False, MODULATE=True, ROWS=rows_pp, BLOCK_C=C, num_warps=warps,
         )  # fmt: skip
 
-    nr(1, 16)
-    ref = y.clone()
-    for rows_pp in (1, 2, 4, 8):
-        for warps in (8, 16, 32):
-            if rows_pp * C > 64 * 32 * warps:
-                continue
-            nr(rows_pp, warps)
-            ok = bool(torch.equal(y, ref))
-            ms = triton.testing.do_bench(
-                lambda r=rows_pp, nw=warps: nr(r, nw), warmup=25, rep=200, return_mode="median"
-            )
-            res.append({"kernel": "norm_rows modulate", "rows": rows_pp, "warps": warps, "ms": ms,
-                        "tb_s": moved / ms / 1e9, "equal": ok})  # fmt: skip
-            print(res[-1], flush=True)
+    configs = [(r, warps) for r in (1, 2, 4, 8) for warps in (8, 16, 32) if r * C <= 64 * 32 * warps]
+    sweep(res, "norm_rows modulate", nr, y, (1, 16), configs, ("rows", "warps"), moved=2 * B * N * C * 2)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     name = torch.cuda.get_device_name().replace(" ", "-").lower()
     (Path(args.out) / f"row_kernel_probe_{name}.json").write_text(json.dumps(res, indent=1))
