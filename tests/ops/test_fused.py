@@ -235,22 +235,28 @@ def kernel_records(device: str) -> list[dict]:
         for i, (o, a, b) in enumerate(zip(outs, r32, r16)):
             records.append({"case": f"{name}[{i}] {shapes}", "dtype": str(args[0].dtype), **_errors(o, a, b)})
 
+    def row_kernels(x, y, w, b, shift, scale, gate, tag, layer_norm_tag):
+        run("modulate", lambda x, s, c: K.norm_rows(x, torch.empty_like(x), shift=s, scale=c),
+            fused.modulate_ref, [x, shift, scale], tag)  # fmt: skip
+        run("layer_norm", lambda x, w, b: K.norm_rows(x, torch.empty_like(x), weight=w, bias=b),
+            fused.layer_norm_ref, [x, w, b], layer_norm_tag)  # fmt: skip
+        run("gated_add", lambda x, g, y: K.gated_add_rows(x, g, y, torch.empty_like(x)),
+            fused.gated_add_ref, [x, gate, y], tag)  # fmt: skip
+
+    def head_kernels(q, k, wq, wk, cos, sin, tag):
+        run("qk_norm_rope",
+            lambda q, k, a, b, c, s: (K.head_norm_rope(q, a, fused._nhd_like(q), c, s),
+                                      K.head_norm_rope(k, b, fused._nhd_like(k), c, s)),
+            fused.qk_norm_rope_ref, [q, k, wq, wk, cos, sin], tag)  # fmt: skip
+        run("head_rms_norm", lambda q, a: K.head_norm_rope(q, a, fused._nhd_like(q)),
+            fused.head_rms_norm_ref, [q, wq], tag)  # fmt: skip
+
     for dtype in (torch.bfloat16, torch.float32):
         for C, D in ((96, 32), (128, 128), (72, 24)):  # non-powers of two exercise the masks
             x, y, w, b, shift, scale, gate, *_ = mod_inputs(dtype, C=C, device=device)
-            run("modulate", lambda x, s, c: K.norm_rows(x, torch.empty_like(x), shift=s, scale=c),
-                fused.modulate_ref, [x, shift, scale], C)  # fmt: skip
-            run("layer_norm", lambda x, w, b: K.norm_rows(x, torch.empty_like(x), weight=w, bias=b),
-                fused.layer_norm_ref, [x, w, b], C)  # fmt: skip
-            run("gated_add", lambda x, g, y: K.gated_add_rows(x, g, y, torch.empty_like(x)),
-                fused.gated_add_ref, [x, gate, y], C)  # fmt: skip
+            row_kernels(x, y, w, b, shift, scale, gate, C, C)
             q, k, v, wq, wk, cos, sin = qkv_inputs(dtype, D=D, device=device)
-            run("qk_norm_rope",
-                lambda q, k, a, b, c, s: (K.head_norm_rope(q, a, fused._nhd_like(q), c, s),
-                                          K.head_norm_rope(k, b, fused._nhd_like(k), c, s)),
-                fused.qk_norm_rope_ref, [q, k, wq, wk, cos, sin], D)  # fmt: skip
-            run("head_rms_norm", lambda q, a: K.head_norm_rope(q, a, fused._nhd_like(q)),
-                fused.head_rms_norm_ref, [q, wq], D)  # fmt: skip
+            head_kernels(q, k, wq, wk, cos, sin, D)
             h = (torch.randn(9, 2 * C, generator=_gen(9)) * 3).to(dtype).to(device)
             run("swiglu", lambda h: K.swiglu_rows(h, torch.empty(h.shape[0], h.shape[1] // 2, dtype=h.dtype,
                 device=h.device)), fused.swiglu_ref, [h], C)  # fmt: skip
@@ -265,21 +271,10 @@ def kernel_records(device: str) -> list[dict]:
             x, y, w, b, shift, scale, gate, *_ = mod_inputs(dtype, B=B, P=P, C=C, device=device)
             N, blk = x.shape[1], K._pow2(C)
             tag = f"{C} P={P} rows={K._rows_per_program(blk, N, P)}"
-            run("modulate", lambda x, s, c: K.norm_rows(x, torch.empty_like(x), shift=s, scale=c),
-                fused.modulate_ref, [x, shift, scale], tag)  # fmt: skip
-            run("layer_norm", lambda x, w, b: K.norm_rows(x, torch.empty_like(x), weight=w, bias=b),
-                fused.layer_norm_ref, [x, w, b], f"{C} N={N} rows={K._rows_per_program(blk, N, N)}")  # fmt: skip
-            run("gated_add", lambda x, g, y: K.gated_add_rows(x, g, y, torch.empty_like(x)),
-                fused.gated_add_ref, [x, gate, y], tag)  # fmt: skip
+            row_kernels(x, y, w, b, shift, scale, gate, tag, f"{C} N={N} rows={K._rows_per_program(blk, N, N)}")
         for H, D in ((16, 32), (32, 128), (3, 32)):
             q, k, v, wq, wk, cos, sin = qkv_inputs(dtype, H=H, D=D, device=device)
-            tag = f"{D} H={H} whole_programs={H % 16 == 0}"
-            run("qk_norm_rope",
-                lambda q, k, a, b, c, s: (K.head_norm_rope(q, a, fused._nhd_like(q), c, s),
-                                          K.head_norm_rope(k, b, fused._nhd_like(k), c, s)),
-                fused.qk_norm_rope_ref, [q, k, wq, wk, cos, sin], tag)  # fmt: skip
-            run("head_rms_norm", lambda q, a: K.head_norm_rope(q, a, fused._nhd_like(q)),
-                fused.head_rms_norm_ref, [q, wq], tag)  # fmt: skip
+            head_kernels(q, k, wq, wk, cos, sin, f"{D} H={H} whole_programs={H % 16 == 0}")
     return records
 
 
