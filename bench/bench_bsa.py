@@ -72,16 +72,10 @@ PASS_SWEEP = [1, 2, 3, 4, 6]
 # Measured on an H200 (bench/results/bsa_nvidia-h200_20261121-1805-tma.md): warp specialization with 4 warps does
 # not compile in Triton 3.6, with 8 warps it is no faster than without; key-range passes only slow the TMA kernel.
 # (num_warps, num_stages, maxnreg): stages 1 = no software pipeline, 48 KB of shared memory, up to 4 programs per SM.
-# Session 4 (bsa_nvidia-h200_20261121-1819-tma.md): pairs of key blocks per softmax update (n_sub 2, any warps and
-# stages) were slower than n_sub 1, so they are no longer swept by default.
-# Each entry: BsaKernelConfig fields (tma=True, kv_passes=1 added). launch_programs / persistent: launch waves (the
-# design note in lc_runtime/ops/triton_bsa.py); 264 = 2 programs on each of the H200's 132 SMs.
-TMA_SWEEP = [dict(num_stages=4), dict(num_stages=1, maxnreg=128), dict(num_stages=2, maxnreg=128)]
-TMA_SWEEP += [dict(num_stages=3, maxnreg=128)]
-TMA_SWEEP += [dict(num_stages=4, launch_programs=n) for n in (264, 528, 2640)]
-TMA_SWEEP += [dict(num_stages=4, persistent=n) for n in (132, 264)]
-TMA_SWEEP += [dict(num_stages=1, maxnreg=128, persistent=n) for n in (264, 528)]
-QUICK_TMA_SWEEP = [dict(num_stages=3), dict(n_sub=2, num_stages=2), dict(num_stages=3, persistent=4)]
+# (n_sub, num_warps, num_stages, maxnreg); n_sub 2: pairs of key blocks per softmax update.
+TMA_SWEEP = [(1, 4, 4, None), (1, 4, 1, 128), (2, 4, 1, None), (2, 4, 2, None), (2, 4, 3, None), (2, 8, 2, None)]
+TMA_SWEEP += [(2, 8, 3, None)]
+QUICK_TMA_SWEEP = [(1, 4, 3, None), (2, 4, 2, None)]
 
 
 def log(*args):
@@ -93,8 +87,6 @@ def cfg_name(cfg) -> str:
     group = f" group={cfg.group_h}x{cfg.group_w}" if cfg.group > 1 else ""
     tma = (" tma" + (" ws" if cfg.warp_specialize else "")) if cfg.tma else ""
     tma += f" maxnreg={cfg.maxnreg}" if cfg.maxnreg else ""
-    tma += f" launch={cfg.launch_programs}" if cfg.launch_programs else ""
-    tma += f" persistent={cfg.persistent}" if cfg.persistent else ""
     return f"n_sub={cfg.n_sub} warps={cfg.num_warps} stages={cfg.num_stages} passes={passes}{group}{tma}"
 
 
@@ -458,20 +450,6 @@ def dense_baselines(q, k, v, timer, reps, dense_flops, device) -> dict:
 # ------------------------------------------------------------------------------------------------ report
 
 
-def compiled_tma_kernels() -> list[dict]:
-    """Registers, spills and shared memory of every compiled TMA-kernel variant (what bounds programs per SM)."""
-    from lc_runtime.ops.triton_bsa import _bsa_fwd_tma_kernel
-
-    rows = []
-    for cache in getattr(_bsa_fwd_tma_kernel, "device_caches", {}).values():
-        for kernel in (cache[0] if isinstance(cache, tuple) else cache).values():
-            md = kernel.metadata
-            row = {n: getattr(md, n, None) for n in ("num_warps", "num_stages", "shared", "maxnreg")}
-            row.update(n_regs=getattr(kernel, "n_regs", None), n_spills=getattr(kernel, "n_spills", None))
-            rows.append(row)
-    return rows
-
-
 def environment(device) -> dict:
     import triton
 
@@ -592,7 +570,8 @@ def main():
     sweep = QUICK_SWEEP if quick else SWEEP
     configs = [BsaKernelConfig(n_sub=a, num_warps=b, num_stages=c, group_h=g[0], group_w=g[1])
                for a, b, c, *g in ((*x, 1, 1) if len(x) == 3 else x for x in sweep)]  # fmt: skip
-    tma = [BsaKernelConfig(**{"tma": True, "kv_passes": 1, **c}) for c in (QUICK_TMA_SWEEP if quick else TMA_SWEEP)]
+    tma = [BsaKernelConfig(n_sub=n, num_warps=w, num_stages=s, tma=True, maxnreg=r, kv_passes=1)
+           for n, w, s, r in (QUICK_TMA_SWEEP if quick else TMA_SWEEP)]  # fmt: skip
     configs = {"gathered": configs, "tma": [BsaKernelConfig(), *tma], "all": configs + tma}[args.sweep]
     env = environment(device)
     tag = re.sub(r"[^a-z0-9]+", "_", env["gpu"].lower().replace("nvidia", "")).strip("_") or "gpu"
@@ -626,11 +605,6 @@ def main():
         log(f"configs failing validation (not timed): {[cfg_name(c) for c in configs if c not in valid]}")
     if valid:
         bench_full(args, valid, device, results, save)
-    if device == "cuda":
-        try:
-            results["compiled_tma"] = compiled_tma_kernels()
-        except Exception as e:  # Triton internals: informative only
-            results["compiled_tma"] = f"{type(e).__name__}: {e}"
     results["wall_s"] = time.time() - t0
     save()
     log(summary_markdown(results))

@@ -106,10 +106,7 @@ class BsaKernelConfig:
     selections, see the design note); tma: K/V tiles by TMA from a block-major copy (sm_90+; n_sub 1 or 2 (pairs of
     blocks per softmax update), no groups; see
     "TMA variant" in the design note); warp_specialize: Triton's automatic producer/consumer warp specialization of
-    the TMA loop; maxnreg: a register cap per thread for the TMA kernel (more programs per SM); launch_programs
-    (TMA kernel): at most this many programs per kernel launch, one launch after another (None: the whole grid in
-    one launch); persistent (TMA kernel): a grid of this many programs, each striding over the work items (see
-    "Launch waves" in the design note)."""
+    the TMA loop; maxnreg: a register cap per thread for the TMA kernel (more programs per SM)."""
 
     n_sub: int = 1
     num_warps: int = 4
@@ -120,8 +117,6 @@ class BsaKernelConfig:
     tma: bool = False
     warp_specialize: bool = False
     maxnreg: int | None = None
-    launch_programs: int | None = None
-    persistent: int | None = None
 
     @property
     def group(self) -> int:
@@ -373,10 +368,8 @@ def _bsa_fwd_kernel(
         tl.store(ACC + state_rows[:, None] * HEAD_DIM + offs_d[None, :], acc)
 
 
-@triton.jit
-def _tma_query_block(
-    lin,
-    n_qblocks,
+@triton.jit(do_not_specialize=_NO_SPECIALIZE + ["nk_blocks"])
+def _bsa_fwd_tma_kernel(
     Q,
     desc_k,
     desc_v,
@@ -416,13 +409,12 @@ def _tma_query_block(
     FIRST: tl.constexpr,
     LAST: tl.constexpr,
 ):
-    # One work item of the TMA kernel: query block lin % n_qblocks of batch·head lin // n_qblocks. The 64-row
-    # kernel above with its K/V gathers replaced by TMA tile loads: desc_k / desc_v describe block-major K / V as
-    # [B * H * nk_blocks * BLOCK, HEAD_DIM] with [BLOCK, HEAD_DIM] boxes, so a selected key block is one box at row
-    # (pid_bh * nk_blocks + blk) * BLOCK. Same arithmetic, in the same order, as _attend_tile.
+    # The 64-row kernel above with its K/V gathers replaced by TMA tile loads: desc_k / desc_v describe block-major
+    # K / V as [B * H * nk_blocks * BLOCK, HEAD_DIM] with [BLOCK, HEAD_DIM] boxes, so a selected key block is one
+    # box at row (pid_bh * nk_blocks + blk) * BLOCK. Same arithmetic, in the same order, as _attend_tile.
     BLOCK: tl.constexpr = CT * CH * CW
-    pid_q = lin % n_qblocks
-    pid_bh = lin // n_qblocks
+    pid_q = tl.program_id(0)
+    pid_bh = tl.program_id(1)
     b = (pid_bh // num_heads).to(tl.int64)
     h = (pid_bh % num_heads).to(tl.int64)
     rb = tl.arange(0, BLOCK)
@@ -493,145 +485,6 @@ def _tma_query_block(
         tl.store(ACC + state_rows[:, None] * HEAD_DIM + offs_d[None, :], acc)
 
 
-@triton.jit(do_not_specialize=_NO_SPECIALIZE + ["nk_blocks", "n_qblocks", "lin_base", "lin_stop"])
-def _bsa_fwd_tma_kernel(
-    Q,
-    desc_k,
-    desc_v,
-    O,
-    IDX,
-    START,
-    END,
-    ACC,
-    M_STATE,
-    L_STATE,
-    stride_qb,
-    stride_qh,
-    stride_qs,
-    stride_ob,
-    stride_oh,
-    stride_os,
-    stride_ib,
-    stride_ih,
-    stride_iq,
-    stride_cb,
-    stride_ch,
-    num_heads,
-    seq_q,
-    nk_blocks,
-    qk_scale,
-    q_grid_h,
-    q_grid_w,
-    q_blocks_h,
-    q_blocks_w,
-    n_qblocks,
-    lin_base,
-    lin_stop,
-    CT: tl.constexpr,
-    CH: tl.constexpr,
-    CW: tl.constexpr,
-    HEAD_DIM: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
-    WARP_SPECIALIZE: tl.constexpr,
-    PAIRS: tl.constexpr,
-    FIRST: tl.constexpr,
-    LAST: tl.constexpr,
-    PERSISTENT: tl.constexpr,
-):
-    # Work items lin in [lin_base, lin_stop), query blocks fastest (the programs resident at one time read the same
-    # head's K/V). One item per program, or (PERSISTENT) programs striding over the items: the resident programs
-    # start together and every item has the same number of selected blocks in top-k mode, so they walk through the
-    # ascending key range roughly in step (see "Launch waves" in the design note).
-    if PERSISTENT:
-        for lin in tl.range(tl.program_id(0) + lin_base, lin_stop, tl.num_programs(0), num_stages=1):
-            _tma_query_block(
-                lin,
-                n_qblocks,
-                Q,
-                desc_k,
-                desc_v,
-                O,
-                IDX,
-                START,
-                END,
-                ACC,
-                M_STATE,
-                L_STATE,
-                stride_qb,
-                stride_qh,
-                stride_qs,
-                stride_ob,
-                stride_oh,
-                stride_os,
-                stride_ib,
-                stride_ih,
-                stride_iq,
-                stride_cb,
-                stride_ch,
-                num_heads,
-                seq_q,
-                nk_blocks,
-                qk_scale,
-                q_grid_h,
-                q_grid_w,
-                q_blocks_h,
-                q_blocks_w,
-                CT,
-                CH,
-                CW,
-                HEAD_DIM,
-                DOT_PRECISION,
-                WARP_SPECIALIZE,
-                PAIRS,
-                FIRST,
-                LAST,
-            )
-    else:
-        lin = tl.program_id(0) + lin_base
-        _tma_query_block(
-            lin,
-            n_qblocks,
-            Q,
-            desc_k,
-            desc_v,
-            O,
-            IDX,
-            START,
-            END,
-            ACC,
-            M_STATE,
-            L_STATE,
-            stride_qb,
-            stride_qh,
-            stride_qs,
-            stride_ob,
-            stride_oh,
-            stride_os,
-            stride_ib,
-            stride_ih,
-            stride_iq,
-            stride_cb,
-            stride_ch,
-            num_heads,
-            seq_q,
-            nk_blocks,
-            qk_scale,
-            q_grid_h,
-            q_grid_w,
-            q_blocks_h,
-            q_blocks_w,
-            CT,
-            CH,
-            CW,
-            HEAD_DIM,
-            DOT_PRECISION,
-            WARP_SPECIALIZE,
-            PAIRS,
-            FIRST,
-            LAST,
-        )
-
-
 @functools.lru_cache
 def _l2_bytes(device_index: int) -> int:
     return getattr(torch.cuda.get_device_properties(device_index), "L2_cache_size", 0)
@@ -682,12 +535,6 @@ def bsa_forward(
         raise ValueError(f"Triton BSA supports head_dim 16..256 (power of two); got q {list(q.shape)}")
     if cfg.group < 1 or cfg.group & (cfg.group - 1):
         raise ValueError(f"group_h * group_w must be a power of two; got {cfg.group_h} x {cfg.group_w}")
-    if not cfg.tma and (cfg.launch_programs or cfg.persistent):
-        raise ValueError(f"launch_programs and persistent apply to the TMA kernel only; got {cfg}")
-    if (cfg.launch_programs is not None and cfg.launch_programs < 1) or (
-        cfg.persistent is not None and cfg.persistent < 1
-    ):
-        raise ValueError(f"launch_programs and persistent must be >= 1 (or None); got {cfg}")
     if cfg.tma and (cfg.group > 1 or cfg.n_sub not in (1, 2)):
         raise ValueError(f"the TMA kernel takes one or two key blocks per iteration and no groups; got {cfg}")
     if cfg.tma and q.is_cuda and torch.cuda.get_device_capability(q.device)[0] < 9:
@@ -763,34 +610,25 @@ def _launch_tma(q, k, v, out, idx, bounds, state, q_hw, latent_k, chunk, cfg, gr
         descs.append(TensorDescriptor(blocked, [bsz * heads * sk, d], [d, 1], [block, d]))
     acc, m_state, l_state = state
     passes = len(bounds) - 1
-    n_q, items = grid[0], grid[0] * grid[1]
-    # (first item, stop, programs) of each launch: the whole grid, launch_programs items at a time, or a persistent
-    # grid of `persistent` programs striding over all items
-    if cfg.persistent:
-        launches = [(0, items, min(cfg.persistent, items))]
-    else:
-        step = cfg.launch_programs or items
-        launches = [(lo, min(lo + step, items), min(step, items - lo)) for lo in range(0, items, step)]
     for p in range(passes):
+        # fmt: off
+        args = (
+            q, *descs, out, idx, bounds[p], bounds[p + 1], acc, m_state, l_state,
+            q.stride(0), q.stride(1), q.stride(2), out.stride(0), out.stride(1), out.stride(2),
+            idx.stride(0), idx.stride(1), idx.stride(2), bounds[-1].stride(0), bounds[-1].stride(1),
+            heads, sq, sk // block, _LOG2E / math.sqrt(d), hq, wq, hq // ch, wq // cw,
+        )
+        # fmt: on
         meta = dict(CT=ct, CH=ch, CW=cw, HEAD_DIM=d, DOT_PRECISION=precision, WARP_SPECIALIZE=cfg.warp_specialize)
-        meta.update(PAIRS=cfg.n_sub == 2, PERSISTENT=bool(cfg.persistent))
+        meta["PAIRS"] = cfg.n_sub == 2
         meta.update(FIRST=p == 0, LAST=p == passes - 1, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         if cfg.maxnreg:
             meta["maxnreg"] = cfg.maxnreg
-        for lo, stop, programs in launches:
-            # fmt: off
-            args = (
-                q, *descs, out, idx, bounds[p], bounds[p + 1], acc, m_state, l_state,
-                q.stride(0), q.stride(1), q.stride(2), out.stride(0), out.stride(1), out.stride(2),
-                idx.stride(0), idx.stride(1), idx.stride(2), bounds[-1].stride(0), bounds[-1].stride(1),
-                heads, sq, sk // block, _LOG2E / math.sqrt(d), hq, wq, hq // ch, wq // cw, n_q, lo, stop,
-            )
-            # fmt: on
-            if q.is_cuda:
-                with torch.cuda.device(q.device):
-                    _bsa_fwd_tma_kernel[(programs,)](*args, **meta)
-            else:
-                _bsa_fwd_tma_kernel[(programs,)](*args, **meta)
+        if q.is_cuda:
+            with torch.cuda.device(q.device):
+                _bsa_fwd_tma_kernel[grid](*args, **meta)
+        else:
+            _bsa_fwd_tma_kernel[grid](*args, **meta)
 
 
 def _pass_bounds(indices, counts, passes, latent_shape_k, chunk) -> list[torch.Tensor]:
