@@ -55,14 +55,14 @@ iid, stages 1 with a 128-register cap is the fastest on rope inputs at 0.0675 s 
 per softmax update (``n_sub=2``: 0.083-0.090 s, twice the shared memory), 8 warps (0.12-0.18 s: a 64-row tile cannot be
 split across two warpgroups), Triton 3.6's automatic warp specialization (does not compile with 4 warps; no faster with
 8), and (session 6, commit 5f8486a, reverted in 88ed055; bsa_nvidia-h200_20261121-2233-waves.md) launch waves, to keep
-the resident programs walking the ascending key range in step so that their working set stays in the L2: launches of 264
-/ 528 / 2640 programs (one wave of 2 programs per SM (82 KB of shared memory each, 138 registers), two waves, one head):
-0.0776 / 0.0777 / 0.0752 s on iid against 0.0767 s for one launch of the same refactored kernel in the same run (0.0723
-s for the unrefactored one in session 4); a persistent grid of 264 programs striding over the work items: 0.0733 s on
-iid but 0.0951 s on rope (0.0759 s for one launch), 132 programs: 0.107 s. What is left to reach 0.060 s: the iteration
-is a serial chain (wait for the box, QKᵀ, softmax, PV) per 64-row program and only two programs share an SM; a kernel
-that keeps two independent chains per SM busy (FA3's ping-pong of two warpgroups, or two query blocks per program) is
-the next step, not written.
+the resident programs walking the ascending key range in step so that their working set stays in the L2: launches of
+264 / 528 / 2640 programs (one wave of 2 programs per SM (82 KB of shared memory each, 138 registers), two waves, one
+head): 0.0776 / 0.0777 / 0.0752 s on iid against 0.0767 s for one launch of the same refactored kernel in the same run
+(0.0723 s for the unrefactored one in session 4); a persistent grid of 264 programs striding over the work items:
+0.0733 s on iid but 0.0951 s on rope (0.0759 s for one launch), 132 programs: 0.107 s. What is left to reach 0.060 s:
+the iteration is a serial chain (wait for the box, QKᵀ, softmax, PV) per 64-row program and only two programs share an
+SM; a kernel that keeps two independent chains per SM busy (FA3's ping-pong of two warpgroups, or two query blocks per
+program) is the next step, not written.
 
 Grouped query blocks (``group_h`` x ``group_w`` > 1; why and what): fewer bytes per FLOP, i.e. more query rows per
 loaded K/V tile. A program therefore takes G = group_h * group_w
