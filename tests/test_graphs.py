@@ -156,6 +156,7 @@ def test_pipeline_speed_options_on_cpu():
 
 
 # ---------------------------------------------------------------------------------------------- CUDA
+@pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
 @pytest.mark.parametrize("kernels", ["torch", "triton"])
 @torch.no_grad()

@@ -85,6 +85,7 @@ def _bf16_bound(out, ref32, base):
     assert e.max() <= 2 * b.max() + 1e-6 and e.mean() <= 2 * b.mean() + 1e-6, (e.max(), b.max(), e.mean(), b.mean())
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
 @pytest.mark.parametrize("name", ["fa3", "cudnn", "flash", "efficient", "sdpa"])
 def test_cuda_backends_within_bf16_precision(name):

@@ -175,6 +175,7 @@ def test_reference_matches_golden_output(golden, name):
     assert_within_precision(out_op, ref32, ref16, f"{name}: op vs fp32 reference")
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the Triton kernels)")
 @pytest.mark.parametrize("name", GOLDEN_CASES)
 def test_op_on_cuda_matches_golden(golden, name):

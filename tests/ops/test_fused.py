@@ -324,11 +324,13 @@ def test_row_kernels_rows_per_program():
         assert rows * block <= 32 * 32 * K._row_warps(block), (block, rows)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not (CUDA and HAS_TRITON), reason="needs CUDA and triton")
 def test_triton_kernels_on_cuda():
     check_records(kernel_records("cuda"))
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not (CUDA and HAS_TRITON), reason="needs CUDA and triton")
 @pytest.mark.parametrize("name", list(fused.OPS))
 def test_ops_on_cuda_pass_opcheck(name):
@@ -336,6 +338,7 @@ def test_ops_on_cuda_pass_opcheck(name):
     torch.library.opcheck(fused.OPS[name], args)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not (CUDA and HAS_TRITON), reason="needs CUDA and triton")
 @torch.no_grad()
 def test_fast_dit_within_bf16_precision_on_cuda():
