@@ -124,6 +124,8 @@ class DiTOps:
     attention: Callable = attention  # (q, k, v, mask) [B, H, S, D]
     prefix_attention: Callable = prefix_attention  # (q, k, v, k_prefix, v_prefix)
     swiglu: Callable | None = None  # on the [w1; w3] GEMM output; None: the reference's two GEMMs
+    linear_swiglu: Callable | None = None  # (x, w13) -> the [w1; w3] GEMM + swiglu as one op
+    linear_add: Callable | None = None  # (a, w, bias, x) -> x + linear(a, w, bias) as one op
 
 
 TORCH_OPS = DiTOps()
@@ -155,6 +157,8 @@ def kernel_table(kind: str, attention_backend: str | None = None) -> DiTOps:
         attention=functools.partial(attention_with, backend),
         prefix_attention=functools.partial(prefix_attention_with, backend, merge=fused.merge_attention),
         swiglu=fused.swiglu,
+        linear_swiglu=fused.linear_swiglu,
+        linear_add=fused.linear_add,
     )
 
 
@@ -292,11 +296,15 @@ class CrossAttention(nn.Module):
         k, v = self.kv_linear(y).view(B, L, 2, self.heads, C // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
         return self.k_norm(k), v
 
-    def forward(self, x, k, v, mask):
+    def attend(self, x, k, v, mask):
+        """The attention output before the output projection, [B, N, C]."""
         B, N, C = x.shape
         q = self.q_linear(x).view(B, N, self.heads, C // self.heads).transpose(1, 2)
         o = self.ops.attention(self.ops.head_rms_norm(q, self.q_norm.weight), k, v, mask)
-        return self.proj(o.transpose(1, 2).reshape(B, N, C))
+        return o.transpose(1, 2).reshape(B, N, C)
+
+    def forward(self, x, k, v, mask):
+        return self.proj(self.attend(x, k, v, mask))
 
 
 class FeedForwardSwiGLU(nn.Module):
@@ -323,10 +331,17 @@ class FeedForwardSwiGLU(nn.Module):
         self.w3.weight = nn.Parameter(w13[h:], requires_grad=False)
         self.w13 = w13
 
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """``silu(w1 x) · w3 x``, the input of w2."""
+        if self.w13 is not None and not (self.w1.adapters or self.w3.adapters):
+            if self.ops.linear_swiglu is not None:
+                return self.ops.linear_swiglu(x, self.w13)
+            if self.ops.swiglu is not None:
+                return self.ops.swiglu(F.linear(x, self.w13))
+        return F.silu(self.w1(x)) * self.w3(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.ops.swiglu is not None and self.w13 is not None and not (self.w1.adapters or self.w3.adapters):
-            return self.w2(self.ops.swiglu(F.linear(x, self.w13)))
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        return self.w2(self.hidden(x))
 
 
 class Block(nn.Module):
@@ -366,17 +381,20 @@ class Block(nn.Module):
         x = self.ops.gated_add(x, gate_msa, a, frames)
         del a
         if text_kv is not None:
-            x = x + self._cross(x, text_kv, num_cond_tokens)
+            x = self._cross(x, text_kv, num_cond_tokens)
         x = self.ops.gated_add(x, gate_mlp, self.ffn(self.ops.modulate(x, shift_mlp, scale_mlp, frames)), frames)
         return x, k, v
 
     def _cross(self, x, text_kv, num_cond_tokens: int):
-        """Cross-attention; conditioning tokens get a zero output (SPEC §1.7)."""
-        xn = self.pre_crs_attn_norm(x)
+        """x + cross-attention; conditioning tokens get a zero output (SPEC §1.7)."""
+        xn, ca = self.pre_crs_attn_norm(x), self.cross_attn
         if num_cond_tokens == 0:
-            return self.cross_attn(xn, *text_kv)
-        out = self.cross_attn(xn[:, num_cond_tokens:], *text_kv)
-        return torch.cat([out.new_zeros(out.shape[0], num_cond_tokens, out.shape[2]), out], dim=1)
+            o = ca.attend(xn, *text_kv)
+            if self.ops.linear_add is not None and not ca.proj.adapters:
+                return self.ops.linear_add(o, ca.proj.weight, ca.proj.bias, x)
+            return x + ca.proj(o)
+        out = ca(xn[:, num_cond_tokens:], *text_kv)
+        return x + torch.cat([out.new_zeros(out.shape[0], num_cond_tokens, out.shape[2]), out], dim=1)
 
 
 class FinalLayer(nn.Module):
@@ -452,7 +470,7 @@ class LongCatDiT(nn.Module):
             if not triton_available():
                 raise RuntimeError("use_kernels('triton') on CUDA needs the triton package (pip install triton)")
         ops = kernel_table(kind, attention)
-        if ops.swiglu is not None:
+        if ops.swiglu is not None or ops.linear_swiglu is not None:
             for blk in self.blocks:
                 blk.ffn.fuse_w13()
         return self.set_ops(ops)

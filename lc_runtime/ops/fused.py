@@ -16,6 +16,10 @@ op                        semantics (exactly the DiT's, SPEC §1.3/§1.5)    out
                           RoPE in fp32 from cos/sin [N, D]
 ``fused_head_rms_norm``   RMSNorm_FP32 per head (cross-attention q)          [B, H, N, D], memory [B, N, H, D]
 ``fused_swiglu``          ``silu(h[..., :F]) · h[..., F:]`` ([w1;w3] GEMM)   [..., F] h.dtype, contiguous
+``fused_linear_swiglu``   the [w1; w3] GEMM + swiglu (Hopper: one Triton     [..., F] a.dtype, contiguous
+                          GEMM, SwiGLU in its epilogue, triton_gemm.py)
+``fused_linear_add``      ``x + linear(a, w, bias)`` (Hopper: one Triton     [B, N, C] x.dtype, contiguous
+                          GEMM, the add in its epilogue)
 ``fused_merge_attention`` LSE merge of two partial attentions                [B, H, N, D], memory [B, N, H, D]
 ========================= ================================================ =====================================
 
@@ -91,6 +95,16 @@ def swiglu_ref(h: torch.Tensor) -> torch.Tensor:
     a, g = h.chunk(2, dim=-1)
     # contiguous: PyTorch's CPU silu takes a vectorised exp only on dense inputs, as the DiT's w1(x) output is
     return F.silu(a.contiguous()) * g
+
+
+def linear_swiglu_ref(a: torch.Tensor, w13: torch.Tensor) -> torch.Tensor:
+    """``silu(a @ w1.T) · (a @ w3.T)`` from the fused weight w13 = [w1; w3] [2F, K] (one GEMM, then SwiGLU)."""
+    return swiglu_ref(F.linear(a, w13))
+
+
+def linear_add_ref(a: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    """``x + (a @ w.T + bias)``: a projection (rounded to x's dtype) added to the residual stream x."""
+    return x + F.linear(a, w, bias)
 
 
 # ---------------------------------------------------------------------------------------------- layouts
@@ -209,6 +223,52 @@ def _(h):
     return _swiglu_out(h)
 
 
+def _gemm_kernels():
+    from . import triton_gemm
+
+    return triton_gemm
+
+
+@torch.library.custom_op("lc_runtime::fused_linear_swiglu", mutates_args=())
+def _linear_swiglu_op(a: torch.Tensor, w13: torch.Tensor) -> torch.Tensor:
+    return linear_swiglu_ref(a, w13)
+
+
+@_linear_swiglu_op.register_kernel("cuda")
+def _(a, w13):
+    a2 = a.reshape(-1, a.shape[-1])
+    out = torch.empty(*a.shape[:-1], w13.shape[0] // 2, dtype=a.dtype, device=a.device)
+    G, o2 = _gemm_kernels(), out.view(-1, out.shape[-1])
+    if not (G.supported(a2, w13, o2) and G.try_gemm(a2, w13, epilogue="swiglu", out=o2)):
+        _kernels().swiglu_rows(F.linear(a2, w13), o2)  # other GPUs: cuBLAS, then the SwiGLU row kernel
+    return out
+
+
+@_linear_swiglu_op.register_fake
+def _(a, w13):
+    return a.new_empty(*a.shape[:-1], w13.shape[0] // 2)
+
+
+@torch.library.custom_op("lc_runtime::fused_linear_add", mutates_args=())
+def _linear_add_op(a: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    return linear_add_ref(a, w, bias, x).contiguous()
+
+
+@_linear_add_op.register_kernel("cuda")
+def _(a, w, bias, x):
+    a2, x2 = a.reshape(-1, a.shape[-1]), x.reshape(-1, x.shape[-1])
+    G, out = _gemm_kernels(), _rows_like(x)
+    o2 = out.view(-1, out.shape[-1])
+    if G.supported(a2, w, x2, o2) and G.try_gemm(a2, w, bias, epilogue="gated", x=x2, out=o2):
+        return out
+    return out.copy_(linear_add_ref(a, w, bias, x))
+
+
+@_linear_add_op.register_fake
+def _(a, w, bias, x):
+    return _rows_like(x)
+
+
 @torch.library.custom_op("lc_runtime::fused_merge_attention", mutates_args=())
 def _merge_op(o_a: torch.Tensor, lse_a: torch.Tensor, o_b: torch.Tensor, lse_b: torch.Tensor) -> torch.Tensor:
     return _nhd_like(o_a).copy_(merge_attention_ref(o_a, lse_a, o_b, lse_b))
@@ -224,7 +284,10 @@ def _(o_a, lse_a, o_b, lse_b):
     return _nhd_like(o_a)
 
 
-for _op in (_modulate_op, _layer_norm_op, _gated_add_op, _qk_norm_rope_op, _head_rms_norm_op, _swiglu_op, _merge_op):
+for _op in (
+    _modulate_op, _layer_norm_op, _gated_add_op, _qk_norm_rope_op, _head_rms_norm_op, _swiglu_op, _linear_swiglu_op,
+    _linear_add_op, _merge_op,
+):  # fmt: skip
     defer_dynamo_import(_op)
 
 
@@ -258,6 +321,16 @@ def swiglu(h: torch.Tensor) -> torch.Tensor:
     return _swiglu_op(h.contiguous())
 
 
+def linear_swiglu(a: torch.Tensor, w13: torch.Tensor) -> torch.Tensor:
+    """:func:`linear_swiglu_ref` through the fused op (on Hopper: SwiGLU in the GEMM's epilogue)."""
+    return _linear_swiglu_op(a.contiguous(), w13.contiguous())
+
+
+def linear_add(a: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    """:func:`linear_add_ref` through the fused op (on Hopper: the residual add in the GEMM's epilogue)."""
+    return _linear_add_op(a.contiguous(), w.contiguous(), bias, x.contiguous())
+
+
 def merge_attention(o_a, lse_a, o_b, lse_b) -> torch.Tensor:
     return _merge_op(_unit_last(o_a), lse_a, _unit_last(o_b), lse_b)
 
@@ -269,5 +342,7 @@ OPS = {
     "qk_norm_rope": torch.ops.lc_runtime.fused_qk_norm_rope.default,
     "head_rms_norm": torch.ops.lc_runtime.fused_head_rms_norm.default,
     "swiglu": torch.ops.lc_runtime.fused_swiglu.default,
+    "linear_swiglu": torch.ops.lc_runtime.fused_linear_swiglu.default,
+    "linear_add": torch.ops.lc_runtime.fused_linear_add.default,
     "merge_attention": torch.ops.lc_runtime.fused_merge_attention.default,
 }

@@ -313,7 +313,7 @@ def test_aoti_engine_with_the_fused_kernel_table_matches_eager(tmp_path, dit, ca
     assert dit.kernels == "torch"  # the caller's module comes back with its own table
     with zipfile.ZipFile(out / "dit_forward_nc1.pt2") as z:
         text = " ".join(z.read(n).decode(errors="ignore") for n in z.namelist() if n.endswith(".json"))
-    ops = ("modulate", "gated_add", "qk_norm_rope", "layer_norm", "swiglu")  # swiglu: on the one [w1; w3] GEMM
+    ops = ("modulate", "gated_add", "qk_norm_rope", "layer_norm", "linear_swiglu")  # the [w1; w3] GEMM + swiglu
     assert all(f"lc_runtime::fused_{op}" in text for op in ops)
     den = load_engines(out, modules={"dit": dit}, use_cuda_graph=False).denoiser()
     ffn = dit.blocks[0].ffn  # the engine binds the fused weight, whose halves are w1 and w3 (no copy)

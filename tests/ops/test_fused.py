@@ -78,6 +78,17 @@ def test_refs_equal_dit_functions_bitwise(dtype):
     assert torch.equal(fused.head_rms_norm_ref(q, wq), dit_mod.rms_norm(q, wq))
     a, c = torch.randn(2, 7, 40, generator=_gen(3)).to(dtype), torch.randn(2, 7, 40, generator=_gen(4)).to(dtype)
     assert torch.equal(fused.swiglu_ref(torch.cat([a, c], -1)), F.silu(a) * c)
+    # the FFN's fused [w1; w3] weight and the fused ops equal the module's own two-GEMM math
+    ffn = _tiny_dit().blocks[0].ffn.to(dtype)
+    xf = torch.randn(2, 5, ffn.w1.weight.shape[1], generator=_gen(13)).to(dtype)
+    want = ffn(xf)
+    ffn.fuse_w13()
+    assert torch.equal(fused.linear_swiglu_ref(xf, ffn.w13), F.silu(ffn.w1(xf)) * ffn.w3(xf))
+    assert torch.equal(ffn.w2(fused.linear_swiglu_ref(xf, ffn.w13)), want)
+    proj = _tiny_dit().blocks[0].cross_attn.proj.to(dtype)
+    o = torch.randn(2, 5, proj.weight.shape[1], generator=_gen(14)).to(dtype)
+    xr = torch.randn(2, 5, proj.weight.shape[0], generator=_gen(15)).to(dtype)
+    assert torch.equal(fused.linear_add_ref(o, proj.weight, proj.bias, xr), xr + proj(o))
 
 
 def test_merge_ref_equals_joint_attention():
@@ -98,6 +109,9 @@ def _op_cases(device="cpu", dtype=torch.bfloat16):
     x, y, w, b, shift, scale, gate, *_ = mod_inputs(dtype, device=device)
     q, k, v, wq, wk, cos, sin = qkv_inputs(dtype, device=device)
     h = torch.randn(2, 5, 2 * 48, generator=_gen(6)).to(dtype).to(device)
+    a = torch.randn(2, 5, 64, generator=_gen(16)).to(dtype).to(device)
+    w13 = (torch.randn(96, 64, generator=_gen(17)) / 8).to(dtype).to(device)
+    wl, bl = (torch.randn(96, 64, generator=_gen(18)) / 8).to(dtype).to(device), x[0, 0, :96].clone()
     lse_a = torch.randn(q.shape[:3], generator=_gen(7)).to(device)
     lse_b = torch.randn(q.shape[:3], generator=_gen(8)).to(device)
     return {
@@ -107,6 +121,8 @@ def _op_cases(device="cpu", dtype=torch.bfloat16):
         "qk_norm_rope": ((q, k, wq, wk, cos, sin), fused.qk_norm_rope_ref),
         "head_rms_norm": ((q, wq), fused.head_rms_norm_ref),
         "swiglu": ((h,), fused.swiglu_ref),
+        "linear_swiglu": ((a, w13), fused.linear_swiglu_ref),
+        "linear_add": ((a, wl, bl, x[:, :5].contiguous()), fused.linear_add_ref),
         "merge_attention": ((q, lse_a, v, lse_b), merge_attention_ref),
     }
 
@@ -199,7 +215,11 @@ def test_torch_export_keeps_fused_ops():
     with torch.no_grad():
         ep = torch.export.export(m, (x, t, y, mask), {"num_cond_latents": 1})
         targets = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
-        assert any("fused_qk_norm_rope" in s for s in targets) and any("fused_swiglu" in s for s in targets)
+        assert any("fused_qk_norm_rope" in s for s in targets) and any("fused_linear_swiglu" in s for s in targets)
+        # the cross-attention's projection + residual add is one op where no token is a conditioning one
+        ep2 = torch.export.export(m, (x, t, y, mask))
+        assert any("fused_linear_add" in str(n.target) for n in ep2.graph.nodes if n.op == "call_function")
+        assert_close(ep2.module()(x, t, y, mask), m(x, t, y, mask), rtol=1e-5, atol=1e-5)
         assert_close(ep.module()(x, t, y, mask, num_cond_latents=1), m(x, t, y, mask, 1), rtol=1e-5, atol=1e-5)
 
 
