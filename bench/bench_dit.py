@@ -59,7 +59,7 @@ from lc_runtime.ops.rope import apply_rope, rope_cos_sin  # noqa: E402
 GRID_480 = (24, 30, 52)  # latent tokens (T, h, w): 480x832, 93 frames -> latents [B, 16, 24, 60, 104]
 GRID_720 = (48, 44, 80)  # refine-size grid: 168,960 tokens
 DEV = torch.device("cuda")
-DEFAULT_SECTIONS = "floor,kernels,fast,eager,cond_cached,agreement,compiled"  # compile last: the longest
+DEFAULT_SECTIONS = "floor,kernels,fast,fast_unfused,eager,cond_cached,agreement,compiled"  # compile last: longest
 YARDSTICK = {"original_eager_fa3_b2_s": 8.01, "original_eager_fa3_b1_s": 3.98, "compiled_original_b2_s": 5.91}
 
 
@@ -247,7 +247,7 @@ def _original_cached_block(blk, x, t, cos, sin, text_i, frames, kc, vc):
     Q, K = apply_rope(Q, cos, sin), apply_rope(K, cos, sin)
     o = A.attention(Q[:, :, -N:], K, V)
     x = dit_mod.gated_add(x, gate_msa, attn.out(o), frames)
-    x = x + blk._cross(x, text_i, 0)
+    x = blk._cross(x, text_i, 0)  # x + cross-attention
     return dit_mod.gated_add(x, gate_mlp, blk.ffn(dit_mod.modulate(x, shift_mlp, scale_mlp, frames)), frames)
 
 
@@ -305,6 +305,27 @@ class Bench:
         with torch.no_grad():
             rec[f"b{b}_no_graph"] = timed(lambda: self.dit(x, t, text_context=ctx), 1)
         self.results["fast"] = rec
+
+    def fast_unfused(self, rec):
+        """The fast path with the GEMM-epilogue ops off (cuBLAS GEMMs, then the SwiGLU row kernel and a torch add),
+        batch max(--batches), its own CUDA graph: what the epilogues save, measured in the same process."""
+        from dataclasses import replace
+
+        self.dit.use_kernels("triton", attention=self.backend)
+        self.dit.set_ops(replace(self.dit.ops, linear_swiglu=None, linear_add=None))
+        b = max(self.args.batches)
+
+        def measure():  # its graph and inputs are freed when it returns
+            den = make_denoiser(self.dit, self.args, max_graphs=2)
+            x, t = latents(b, GRID_480, self.args.seed), torch.full((b,), 700.0, device=DEV)
+            ctx = self.dit.prepare_text(*text_inputs(b, self.cfg, self.args.seed))
+            wall(lambda: den(x, t, ctx, 0, None))
+            return perf(timed(lambda: den(x, t, ctx, 0, None), self.args.iters), self.forward_flops(b))
+
+        rec[f"b{b}"] = measure()
+        self.dit.use_kernels("triton", attention=self.backend)
+        free_memory()
+        self.results["fast_unfused"] = rec
 
     def _baseline(self, rec, prefix: str, first_call_key: str):
         for b in self.args.batches:
@@ -485,6 +506,10 @@ def summarize(report: Report, res: dict, batches: list[int]) -> None:
         report.add_summary(f"fast / eager b{b}", r)
         w = get("fast", f"b{b}", "warmup_s")
         report.add_summary(f"fast warm-up b{b} (s)", w, target="<= 20", ok=None if w is None else w <= 20)
+        unfused = get("fast_unfused", f"b{b}", "s")
+        if unfused is not None:
+            report.add_summary(f"fast without GEMM epilogues b{b} (s)", unfused, note="same process")
+            report.add_summary(f"fast / fast without GEMM epilogues b{b}", ratio(fast, unfused))
     b = max(batches)
     cached, cond = get("cond_cached", "fast_cached", "s"), get("cond_cached", "fast_cond", "s")
     orig = get("cond_cached", "original_cached", "s")
@@ -543,8 +568,8 @@ def main(argv=None) -> int:
         report.print_summary()
         return 1
     bench = Bench(args, report, dit, backend)
-    estimates = {"floor": 25, "kernels": 30, "fast": 60, "eager": 50, "compiled": 150, "cond_cached": 90,
-                 "agreement": 40, "720p": 150}  # fmt: skip
+    estimates = {"floor": 25, "kernels": 30, "fast": 60, "fast_unfused": 40, "eager": 50, "compiled": 150,
+                 "cond_cached": 90, "agreement": 40, "720p": 150}  # fmt: skip
     methods = {"720p": bench.p720}
     for name in args.sections:
         fn = methods.get(name) or getattr(bench, name, None)
