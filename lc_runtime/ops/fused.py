@@ -239,7 +239,7 @@ def _(a, w13):
     a2 = a.reshape(-1, a.shape[-1])
     out = torch.empty(*a.shape[:-1], w13.shape[0] // 2, dtype=a.dtype, device=a.device)
     G, o2 = _gemm_kernels(), out.view(-1, out.shape[-1])
-    if not (G.supported(a2, w13, o2) and G.try_gemm(a2, w13, epilogue="swiglu", out=o2)):
+    if not G.try_gemm(a2, w13, epilogue="swiglu", out=o2):
         _kernels().swiglu_rows(F.linear(a2, w13), o2)  # other GPUs: cuBLAS, then the SwiGLU row kernel
     return out
 
@@ -259,7 +259,7 @@ def _(a, w, bias, x):
     a2, x2 = a.reshape(-1, a.shape[-1]), x.reshape(-1, x.shape[-1])
     G, out = _gemm_kernels(), _rows_like(x)
     o2 = out.view(-1, out.shape[-1])
-    if G.supported(a2, w, x2, o2) and G.try_gemm(a2, w, bias, epilogue="gated", x=x2, out=o2):
+    if G.try_gemm(a2, w, bias, epilogue="gated", x=x2, out=o2):
         return out
     return out.copy_(linear_add_ref(a, w, bias, x))
 

@@ -73,7 +73,7 @@ def _tile(tile, num_m, num_n, GROUP_M: tl.constexpr):
 @triton.jit
 def _tile_body(
     tile, a_desc, b_desc, c_desc, X, sx_m, BIAS, GATE,
-    M, N, K, tokens, tokens_per_frame, s_gate_b, s_gate_t,
+    M, N, tokens, tokens_per_frame, s_gate_b, s_gate_t,
     EPILOGUE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_GATE: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
     K_TILES: tl.constexpr,
@@ -117,7 +117,7 @@ def _tile_body(
 @triton.jit
 def _gemm_kernel(
     a_desc, b_desc, c_desc, X, sx_m, BIAS, GATE,
-    M, N, K, tokens, tokens_per_frame, s_gate_b, s_gate_t,
+    M, N, tokens, tokens_per_frame, s_gate_b, s_gate_t,
     EPILOGUE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_GATE: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
     K_TILES: tl.constexpr, PERSISTENT: tl.constexpr, NUM_PROGRAMS: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
@@ -130,13 +130,13 @@ def _gemm_kernel(
         for tile in tl.range(tl.program_id(0), tiles, NUM_PROGRAMS, flatten=FLATTEN, warp_specialize=WARP_SPECIALIZE):
             _tile_body(
                 tile, a_desc, b_desc, c_desc, X, sx_m, BIAS, GATE,
-                M, N, K, tokens, tokens_per_frame, s_gate_b, s_gate_t,
+                M, N, tokens, tokens_per_frame, s_gate_b, s_gate_t,
                 EPILOGUE, HAS_BIAS, HAS_GATE, BM, BN, BK, GROUP_M, K_TILES,
             )  # fmt: skip
     else:
         _tile_body(
             tl.program_id(0), a_desc, b_desc, c_desc, X, sx_m, BIAS, GATE,
-            M, N, K, tokens, tokens_per_frame, s_gate_b, s_gate_t,
+            M, N, tokens, tokens_per_frame, s_gate_b, s_gate_t,
             EPILOGUE, HAS_BIAS, HAS_GATE, BM, BN, BK, GROUP_M, K_TILES,
         )  # fmt: skip
 
@@ -155,15 +155,16 @@ ADD_CONFIG = GemmConfig(128, 256, 64, 3, 8, persistent=True, flatten=False)
 _FAILED: set = set()  # (epilogue, K, N, dtype) whose kernel did not fit this GPU (Triton OutOfResources)
 
 
-def try_gemm(a: torch.Tensor, w: torch.Tensor, *args, epilogue: str, **kwargs) -> bool:
-    """:func:`gemm` when :func:`supported` and the kernel compiles for this GPU, else False (the caller then runs
-    the unfused path). A kernel that does not fit raises at its first launch, before anything is enqueued, and is
-    not tried again in this process."""
+def try_gemm(a: torch.Tensor, w: torch.Tensor, *args, epilogue: str, out: torch.Tensor, **kwargs) -> bool:
+    """:func:`gemm` into ``out`` when the operands are :func:`supported` and the kernel compiles for this GPU, else
+    False (the caller then runs the unfused path). A kernel that does not fit raises at its first launch, before
+    anything is enqueued, and is not tried again in this process."""
+    operands = [t for t in (a, w, out, kwargs.get("x")) if t is not None]
     key = (epilogue, a.shape[-1], w.shape[0], a.dtype)
-    if key in _FAILED:
+    if key in _FAILED or not supported(*operands):
         return False
     try:
-        gemm(a, w, *args, epilogue=epilogue, **kwargs)
+        gemm(a, w, *args, epilogue=epilogue, out=out, **kwargs)
     except triton.runtime.errors.OutOfResources:
         _FAILED.add(key)
         return False
@@ -219,7 +220,7 @@ def gemm(
         a_desc, b_desc, c_desc,
         x if x is not None else out, x.stride(0) if x is not None else 0,
         bias if bias is not None else out, gate if gate is not None else out,
-        M, N, K,
+        M, N,
         tokens, tokens // gate.shape[1] if gate is not None else 1,
         gate.stride(0) if gate is not None else 0, gate.stride(1) if gate is not None else 0,
         EPILOGUE=EPILOGUES.index(epilogue), HAS_BIAS=bias is not None, HAS_GATE=gate is not None,

@@ -376,26 +376,10 @@ def test_fast_dit_within_bf16_precision_on_cuda():
 
 
 # ---------------------------------------------------------------------------------------------- interpreter
-def _interpreter_rne_cast() -> None:
-    """Triton 3.6's interpreter rounds fp32 -> bf16 toward zero; GPUs (cvt.rn) and PyTorch round to nearest even.
-    Test-only patch of the interpreter so the kernels' bf16 outputs round as on the GPU."""
-    import numpy as np
-    import triton.language as tl
-    from triton.runtime import interpreter as interp
-
-    base = interp.InterpreterBuilder.cast_impl
-
-    def cast_impl(self, src, dst_type):
-        if src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16:
-            bits = torch.from_numpy(np.ascontiguousarray(src.data)).to(torch.bfloat16).view(torch.int16)
-            return interp.TensorHandle(bits.numpy().view(np.uint16), tl.bfloat16)
-        return base(self, src, dst_type)
-
-    interp.InterpreterBuilder.cast_impl = cast_impl
-
-
 if __name__ == "__main__" and sys.argv[1:] == ["--interpreter-worker"]:
-    _interpreter_rne_cast()
+    from interpreter_shims import install_interpreter_shims
+
+    install_interpreter_shims()  # the kernels' bf16 outputs round to nearest even, as on the GPU
     print(json.dumps(kernel_records("cpu")))
 
 
