@@ -18,7 +18,8 @@ GPU time, most of it Triton compiling the swept configs (--quick: 3 configs).
 3. The 720p refine shape: 32 heads x (48, 44, 80) tokens = 168,960, bf16, D = 128, sparsity 0.9375 (K_sel = 165 of
    2640 key blocks). Every timed config first passes a spot check of sampled query blocks against a gathered fp32
    reference. CUDA-event timings (warm-up, L2 flushed before each rep, median): selection (pool + scores + top-k),
-   the ascending sort, the kernel per config (auto key-range passes), then for the best config every pass count
+   the ascending sort, the op's selection (pool + scores + the ascending Triton top-k) and its parts, the kernel per
+   config (auto key-range passes), then for the best config every pass count
    and the original's schedule (one pass, score order), the whole op, dense SDPA (flash, cuDNN) and FA3
    (`fa3_fwd_interface` or `flash_attn_interface`) when one imports. Inputs: iid normal (selections scattered over
    the whole key range: the worst case for L2 reuse) and "rope" (a per-head content vector plus noise, rotated by a
@@ -51,6 +52,7 @@ from lc_runtime.ops.block_sparse_attention import (  # noqa: E402
     block_sparse_attention,
     group_selection,
     num_selected_blocks,
+    raster_block_means,
     reorder_from_blocks,
     reorder_to_blocks,
     select_blocks_raster,
@@ -75,7 +77,7 @@ PASS_SWEEP = [1, 2, 3, 4, 6]
 # (n_sub, num_warps, num_stages, maxnreg); n_sub 2: pairs of key blocks per softmax update.
 TMA_SWEEP = [(1, 4, 4, None), (1, 4, 1, 128), (2, 4, 1, None), (2, 4, 2, None), (2, 4, 3, None), (2, 8, 2, None)]
 TMA_SWEEP += [(2, 8, 3, None)]
-QUICK_TMA_SWEEP = [(1, 4, 3, None), (2, 4, 2, None)]
+QUICK_TMA_SWEEP = [(1, 4, 4, None), (1, 4, 1, 128)]
 
 
 def log(*args):
@@ -143,6 +145,9 @@ def validate_goldens(configs, device) -> list[dict]:
         gold_idx = golden[f"{name}.block_indices"]
         gold_counts = golden[f"{name}.block_indices_lens"]
         selection_exact = torch.equal(idx.cpu(), gold_idx) and torch.equal(counts.cpu(), gold_counts)
+        # the op's own selection (ascending order; the Triton top-k on CUDA in topk mode): the same sets
+        asc, _ = select_blocks_raster(q, k, lq, lk, m["sparsity"], m["cdf_threshold"], CHUNK, order="ascending")
+        selection_exact &= torch.equal(asc.cpu(), ascending_selection(gold_idx, gold_counts))
         ref32, ref16 = reference_pair(q, k, v, lq, lk, gold_idx.to(device), counts)
         gold_out = golden[f"{name}.out"].to(device)
         original = precision_check(gold_out, ref32, ref16)
@@ -315,6 +320,24 @@ def bench_full(args, configs, device, results, save):
             torch.cuda.empty_cache()
 
 
+def selection_parts(q, k, lat, k_sel, timer, reps) -> dict:
+    """Times of the op's selection steps on their own: pooling, scores, top-k (torch, unsorted) or the Triton
+    ascending top-k."""
+    from lc_runtime.ops.triton_topk import topk_ascending
+
+    parts = dict(time_pool=timer(lambda: (raster_block_means(q, lat), raster_block_means(k, lat)), reps))
+    q_mean, k_mean = raster_block_means(q, lat), raster_block_means(k, lat)
+    parts["time_scores"] = timer(lambda: torch.matmul(q_mean, k_mean.transpose(-1, -2)), reps)
+    scores = torch.matmul(q_mean, k_mean.transpose(-1, -2))
+    parts["time_topk_unsorted"] = timer(lambda: torch.topk(scores, k_sel, dim=-1, sorted=False), reps)
+    parts["time_topk_ascending_triton"] = timer(lambda: topk_ascending(scores, k_sel), reps)
+    for warps in (4, 8, 16):
+        parts[f"time_topk_ascending_triton_w{warps}"] = timer(
+            lambda w=warps: topk_ascending(scores, k_sel, num_warps=w), reps
+        )
+    return parts
+
+
 def bench_inputs(args, qkv, lat, shape, sweep, timer, gen, results, kind) -> dict:
     """Selection, kernel sweep (each config spot-checked first), pass counts, score order and op on one input set."""
     from lc_runtime.ops import triton_bsa
@@ -329,9 +352,14 @@ def bench_inputs(args, qkv, lat, shape, sweep, timer, gen, results, kind) -> dic
     entry["selection_overlap_neighbours"] = selection_overlap(idx, shape["key_blocks"])
     entry["time_selection"] = timer(lambda: select_blocks_raster(q, k, lat, lat, sparsity, None, CHUNK), reps)
     entry["time_selection_unordered"] = timer(
-        lambda: select_blocks_raster(q, k, lat, lat, sparsity, None, CHUNK, ordered=False), reps
+        lambda: select_blocks_raster(q, k, lat, lat, sparsity, None, CHUNK, order="any"), reps
     )
     entry["time_ascending_sort"] = timer(lambda: ascending_selection(idx, counts), reps)
+    # the op's selection: ascending indices from one Triton pass over the scores (triton_topk.py); its parts
+    sel_asc = lambda: select_blocks_raster(q, k, lat, lat, sparsity, None, CHUNK, order="ascending")  # noqa: E731
+    entry["selection_ascending_exact"] = torch.equal(sel_asc()[0], idx_asc)
+    entry["time_selection_ascending"] = timer(sel_asc, reps)
+    entry.update(selection_parts(q, k, lat, shape["k_sel"], timer, reps))
     q_blocks = [n // c for n, c in zip(lat, CHUNK)]
     unions = {}  # (group_h, group_w) -> (union, bits, union counts), built once per group shape
     for cfg in sweep:
@@ -398,11 +426,11 @@ def bench_inputs(args, qkv, lat, shape, sweep, timer, gen, results, kind) -> dic
     finally:
         triton_bsa.set_default_config(old)
     entry["op_best_config"] = best["config"]
-    sel_t = entry["time_selection_unordered"]["median_s"]
     if best_cfg.group > 1:
+        sel_t = entry["time_selection_ascending"]["median_s"]
         sel_t += entry[f"time_group_union_{best_cfg.group_h}x{best_cfg.group_w}"]["median_s"]
     else:
-        sel_t += entry["time_ascending_sort"]["median_s"]
+        sel_t = entry["time_selection_ascending"]["median_s"]
     entry["total_best_s"] = sel_t + best["time"]["median_s"]
     log(f"[full:{kind}] best {best['config']} {best['time']['median_s']:.4f}s; selection+sort/union {sel_t:.4f}s; "
         f"op with it {entry['op_total_best_config']['median_s']:.4f}s")  # fmt: skip
@@ -497,8 +525,17 @@ def summary_markdown(results) -> str:
             continue
         lines.append(_row(kind, "selection (pool + scores + top-k)", e["time_selection"]["median_s"]))
         if "time_selection_unordered" in e:
-            lines.append(_row(kind, "selection, top-k unsorted (the op)", e["time_selection_unordered"]["median_s"]))
+            lines.append(_row(kind, "selection, top-k unsorted", e["time_selection_unordered"]["median_s"]))
         lines.append(_row(kind, "ascending sort of the selection", e["time_ascending_sort"]["median_s"]))
+        if "time_selection_ascending" in e:
+            same = "same indices as top-k + sort" if e["selection_ascending_exact"] else "**DIFFERS** from top-k + sort"
+            what = f"selection, ascending Triton top-k (the op; {same})"
+            lines.append(_row(kind, what, e["time_selection_ascending"]["median_s"]))
+            parts = [("pool", "pool q and k"), ("scores", "scores (fp32 matmul)"), ("topk_unsorted", "torch.topk")]
+            parts += [("topk_ascending_triton", "Triton ascending top-k (the op's warps)")]
+            parts += [(f"topk_ascending_triton_w{w}", f"Triton ascending top-k, {w} warps") for w in (4, 8, 16)]
+            for key, what in parts:
+                lines.append(_row(kind, f"  part: {what}", e[f"time_{key}"]["median_s"]))
         for key in [x for x in e if x.startswith("time_group_union_")]:
             g = key.rsplit("_", 1)[1]
             lines.append(_row(kind, f"group union {g} (sort + merge)", e[key]["median_s"]))
@@ -539,14 +576,11 @@ def summary_markdown(results) -> str:
 
 
 def install_interpreter_shims():
-    """CPU smoke runs only: the Triton-interpreter workarounds of the kernel test (bf16 dot, NumPy >= 2.4)."""
-    import importlib.util
+    """CPU smoke runs only: the Triton-interpreter workarounds of the kernel tests (tests/ops/interpreter_shims.py)."""
+    sys.path.insert(0, str(REPO / "tests/ops"))
+    from interpreter_shims import install_interpreter_shims as install
 
-    path = REPO / "tests/ops/test_block_sparse_attention.py"
-    spec = importlib.util.spec_from_file_location("_bsa_test_module", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module._install_interpreter_shims()
+    install()
 
 
 def main():

@@ -45,6 +45,9 @@ def main() -> None:
     args = ap.parse_args()
     from dataclasses import replace
 
+    from lc_runtime.ops.attention import select_attention_backend
+
+    backend = select_attention_backend(args.attention, "cuda")  # as the pipeline: the best available, or --attention
     cfg = replace(LONGCAT_13B, depth=args.depth)
     dit = build_dit(cfg)
     T, H, W = 24, 30, 52
@@ -54,10 +57,11 @@ def main() -> None:
     y = torch.randn(args.batch, 1, 512, 4096, device="cuda", generator=g)
     mask = torch.ones(args.batch, 512, dtype=torch.long, device="cuda")
     out = [f"# One DiT block, {env_info().get('gpu')}, batch {args.batch} x {T * H * W} tokens, depth {args.depth}"]
+    out.append(f"\nAttention backend: {backend}.")
     with torch.no_grad():
         ctx = dit.prepare_text(y, mask)
         for kind in ("triton", "torch"):
-            dit.use_kernels(kind, attention=args.attention)
+            dit.use_kernels(kind, attention=backend)
             table, ms = kernel_table(lambda: dit(x, t, text_context=ctx), args.depth)
             out += [f"\n## kernels={kind}: {ms:.2f} ms of GPU time per block\n", table]
             print(out[-2], flush=True)

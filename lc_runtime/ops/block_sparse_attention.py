@@ -22,9 +22,10 @@ never depend on data, so the op traces under torch.compile / torch.export and ca
 One deliberate deviation: a query block always keeps at least one key block (the formulas above can give 0 for tiny
 grids or a cdf threshold below the top block's mass; the original then divides 0 by 0 and returns NaN).
 
-CUDA runs the selection in torch (pooling straight from the raster layout) and the Triton kernel of
-``triton_bsa.py`` (rows gathered straight from the raster layout, no reorder copies; key blocks in ascending order,
-key-range passes sized to the L2); every other device runs the fp32 PyTorch reference ``block_sparse_attention_ref``.
+CUDA pools and scores in torch (pooling straight from the raster layout), selects with the Triton top-k of
+``triton_topk.py`` (ascending indices in one pass, no sort) and runs the Triton kernel of ``triton_bsa.py`` (rows
+gathered straight from the raster layout, key blocks in ascending order); every other device runs the fp32 PyTorch
+reference ``block_sparse_attention_ref``.
 """
 
 import math
@@ -45,6 +46,7 @@ __all__ = [
     "select_blocks",
     "select_blocks_raster",
     "sparse_attention_ref",
+    "topk_ascending_ref",
 ]
 
 DEFAULT_CHUNK = (4, 4, 4)
@@ -96,18 +98,41 @@ def _pooled_mean(x: torch.Tensor, dims: tuple[int, ...], count: int) -> torch.Te
     return (x.sum(dim=dims, dtype=torch.float32) / count).to(x.dtype).float()
 
 
-def _select_from_means(q_mean, k_mean, sparsity, cdf_threshold, ordered=True):
+def topk_ascending_ref(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Columns of the ``k`` largest scores of each row, ascending (int64); ties at the k-th largest value take the
+    lowest columns (a stable descending sort). The reference of ``triton_topk.topk_ascending``."""
+    return torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :k].sort(dim=-1).values
+
+
+def _topk_ascending(scores: torch.Tensor, k: int) -> torch.Tensor:
+    if scores.is_cuda:
+        from lc_runtime.ops import triton_topk  # triton is only needed (and importable) on CUDA machines
+
+        return triton_topk.topk_ascending(scores, k)
+    return topk_ascending_ref(scores, k)
+
+
+SELECTION_ORDERS = ("descending", "any", "ascending")
+
+
+def _select_from_means(q_mean, k_mean, sparsity, cdf_threshold, order="descending"):
     """q_mean [B, H, Nq, D], k_mean [B, H, Nk, D] (fp32) -> (indices [B, H, Nq, K_max] int64, counts [B, H, Nq]).
 
-    ``ordered=False`` (topk mode only) returns the same sets in an unspecified order: it skips top-k's sort, for
-    callers that re-sort anyway (the CUDA kernel visits blocks in ascending order)."""
+    ``order`` of each row's selected blocks: "descending" score (the original's order), "any" (topk mode skips
+    top-k's sort; for callers that re-sort anyway) or "ascending" block index (what the CUDA kernel visits; topk mode
+    selects with one Triton pass on CUDA instead of top-k and a sort; padding slots of the cdf modes hold 0)."""
+    if order not in SELECTION_ORDERS:
+        raise ValueError(f"selection order must be one of {SELECTION_ORDERS}; got {order!r}")
     if sparsity is None and cdf_threshold is None:
         raise ValueError("block-sparse attention needs sparsity, cdf_threshold or both; got neither")
     scores = torch.matmul(q_mean, k_mean.transpose(-1, -2))  # fp32, no scale (SPEC §5 step 2)
     nk = scores.shape[-1]
     if cdf_threshold is None:
         k_sel = num_selected_blocks(nk, sparsity)
-        indices = torch.topk(scores, k_sel, dim=-1, largest=True, sorted=ordered).indices
+        if order == "ascending":
+            indices = _topk_ascending(scores, k_sel)
+        else:
+            indices = torch.topk(scores, k_sel, dim=-1, largest=True, sorted=order == "descending").indices
         counts = torch.full(scores.shape[:-1], k_sel, dtype=torch.int64, device=scores.device)
         return indices, counts
     probs = torch.softmax(scores / math.sqrt(q_mean.shape[-1]), dim=-1)
@@ -118,7 +143,8 @@ def _select_from_means(q_mean, k_mean, sparsity, cdf_threshold, ordered=True):
     counts = (cdf <= cdf_threshold).sum(dim=-1)
     if sparsity is not None:
         counts = counts.clamp(min=num_selected_blocks(nk, sparsity))
-    return indices, counts.clamp(min=1, max=nk)
+    counts = counts.clamp(min=1, max=nk)
+    return (ascending_selection(indices, counts) if order == "ascending" else indices), counts
 
 
 def select_blocks(
@@ -148,22 +174,33 @@ def select_blocks(
     return _select_from_means(q_mean, k_mean, sparsity, cdf_threshold)
 
 
+def raster_block_means(x: torch.Tensor, latent_shape, chunk=DEFAULT_CHUNK, what: str = "x") -> torch.Tensor:
+    """Per-block means of raster-ordered [B, H, S, D] (rounded to x's dtype, returned in fp32): [B, H, N_blk, D]
+    in row-major block order (SPEC §5 step 2), read straight from the raster layout."""
+    nb = _block_grid(latent_shape, chunk, x.shape[2], what)
+    ct, ch, cw = (int(c) for c in chunk)
+    grid = x.unflatten(2, (nb[0], ct, nb[1], ch, nb[2], cw))
+    return _pooled_mean(grid, (3, 5, 7), ct * ch * cw).flatten(2, 4)
+
+
 def select_blocks_raster(
-    q, k, latent_shape_q, latent_shape_k, sparsity=0.9375, cdf_threshold=None, chunk=DEFAULT_CHUNK, *, ordered=True
+    q,
+    k,
+    latent_shape_q,
+    latent_shape_k,
+    sparsity=0.9375,
+    cdf_threshold=None,
+    chunk=DEFAULT_CHUNK,
+    *,
+    order="descending",
 ):
     """Same selection as :func:`select_blocks`, pooled straight from raster-ordered [B, H, S, D] (no reorder copy).
 
-    ``ordered=False``: same sets, any order within a row (topk mode skips its sort; see ``_select_from_means``)."""
-    nbq = _block_grid(latent_shape_q, chunk, q.shape[2], "q")
-    nbk = _block_grid(latent_shape_k, chunk, k.shape[2], "k")
-    ct, ch, cw = (int(c) for c in chunk)
-    blk = ct * ch * cw
-
-    def means(x, nb):
-        grid = x.unflatten(2, (nb[0], ct, nb[1], ch, nb[2], cw))
-        return _pooled_mean(grid, (3, 5, 7), blk).flatten(2, 4)
-
-    return _select_from_means(means(q, nbq), means(k, nbk), sparsity, cdf_threshold, ordered)
+    ``order``: "descending" score (as :func:`select_blocks`), "any" (same sets, any order within a row) or
+    "ascending" block index (same sets; see ``_select_from_means``)."""
+    q_mean = raster_block_means(q, latent_shape_q, chunk, "q")
+    k_mean = raster_block_means(k, latent_shape_k, chunk, "k")
+    return _select_from_means(q_mean, k_mean, sparsity, cdf_threshold, order)
 
 
 def ascending_selection(indices: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
@@ -320,12 +357,15 @@ def _bsa_op(
 def _bsa_cuda(q, k, v, latent_shape_q, latent_shape_k, sparsity, cdf_threshold, chunk_3d_shape):
     from lc_runtime.ops import triton_bsa  # triton is only needed (and importable) on CUDA machines
 
-    # the kernel re-sorts (ascending / group unions): top-k's own descending sort would be wasted (~3 ms at 720p)
+    # the kernel visits key blocks in ascending order: the topk mode selects them in that order in one Triton pass
+    # (triton_topk.py) instead of top-k's sort and a second, ascending one
     indices, counts = select_blocks_raster(
-        q, k, latent_shape_q, latent_shape_k, sparsity, cdf_threshold, chunk_3d_shape, ordered=False
+        q, k, latent_shape_q, latent_shape_k, sparsity, cdf_threshold, chunk_3d_shape, order="ascending"
     )
     out = _empty_output(q)
-    return triton_bsa.bsa_forward(q, k, v, indices, counts, latent_shape_q, latent_shape_k, chunk_3d_shape, out=out)
+    return triton_bsa.bsa_forward(
+        q, k, v, indices, counts, latent_shape_q, latent_shape_k, chunk_3d_shape, out=out, order="sorted"
+    )
 
 
 @_bsa_op.register_fake

@@ -289,7 +289,7 @@ def test_group_selection_is_the_union_of_neighbours(group, mode):
     k = blocky((2, 2, 768, 16), lat, 2.0, seed=7)
     sparsity, cdf = (0.75, None) if mode == "topk" else (None, 0.5)
     idx, counts = select_blocks_raster(q, k, lat, lat, sparsity, cdf)
-    idx_unordered, _ = select_blocks_raster(q, k, lat, lat, sparsity, cdf, ordered=False)
+    idx_unordered, _ = select_blocks_raster(q, k, lat, lat, sparsity, cdf, order="any")
     nt, nh, nw = 2, 3, 2
     gh, gw = group
     for selection in (idx, idx_unordered):
@@ -319,7 +319,7 @@ def test_unordered_selection_has_the_same_sets():
     lat = (8, 8, 8)
     q, k = blocky((1, 2, 512, 32), lat, 1.0, seed=8), blocky((1, 2, 512, 32), lat, 1.0, seed=9)
     idx, counts = select_blocks_raster(q, k, lat, lat, 0.75, None)
-    idx_u, counts_u = select_blocks_raster(q, k, lat, lat, 0.75, None, ordered=False)
+    idx_u, counts_u = select_blocks_raster(q, k, lat, lat, 0.75, None, order="any")
     assert torch.equal(counts, counts_u)
     assert torch.equal(idx.sort(-1).values, idx_u.sort(-1).values)
 

@@ -1,0 +1,124 @@
+"""Top-k selection in ascending order (lc_runtime/ops/triton_topk.py) against its PyTorch reference
+(``topk_ascending_ref``): the reference against torch.topk, the Triton kernel under TRITON_INTERPRET=1 on CPU and on
+CUDA, and the op's selection path ("ascending" order) against the original order re-sorted."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lc_runtime.ops.block_sparse_attention import ascending_selection, select_blocks_raster, topk_ascending_ref
+
+REPO = Path(__file__).resolve().parents[2]
+needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed")
+
+
+def score_cases(device="cpu") -> list[tuple[str, torch.Tensor, int]]:
+    """(name, scores [..., N], k): sizes around powers of two, k from 1 to N, negative scores, ties at the k-th
+    value (among equal scores the lowest columns win), signed zeros, a strided view."""
+    g = torch.Generator().manual_seed(0)
+    cases = []
+    for n, k in ((1, 1), (7, 3), (64, 64), (100, 1), (100, 37), (513, 200), (2640, 165)):
+        cases.append((f"randn n={n} k={k}", torch.randn(3, 5, n, generator=g), k))
+    ties = torch.randint(-3, 4, (6, 50), generator=g).float()  # seven distinct values: ties everywhere
+    cases += [(f"ties k={k}", ties, k) for k in (1, 5, 17, 49, 50)]
+    zeros = torch.tensor([[0.0, -0.0, 1.0, -0.0, 0.0, -1.0, -0.0, 0.0]])
+    cases += [(f"signed zeros k={k}", zeros, k) for k in (2, 3, 5)]
+    cases.append(("negative", -torch.rand(4, 300, generator=g) * 1e30, 31))
+    cases.append(("tiny magnitudes", torch.randn(4, 300, generator=g) * 1e-38, 31))
+    wide = torch.randn(4, 300, 2, generator=g)
+    cases.append(("strided", wide[..., 0], 40))
+    return [(name, s.to(device), k) for name, s, k in cases]
+
+
+@pytest.mark.parametrize(("name", "scores", "k"), score_cases())
+def test_reference_selects_the_topk_set(name, scores, k):
+    got = topk_ascending_ref(scores, k)
+    assert got.shape == (*scores.shape[:-1], k) and got.dtype == torch.int64
+    assert torch.equal(got, got.sort(-1).values) and (got.diff(dim=-1) > 0).all()
+    picked = torch.gather(scores, -1, got)
+    # the same values as torch.topk's (the sets can differ only among equal scores)...
+    assert torch.equal(picked.sort(-1).values, torch.topk(scores, k, dim=-1).values.sort(-1).values)
+    # ...and among the columns holding the k-th largest value, the lowest ones
+    kth = torch.topk(scores, k, dim=-1).values[..., -1:]
+    tied = scores == kth
+    n_above = (scores > kth).sum(-1, keepdim=True)
+    want_tied = tied & (torch.cumsum(tied.long(), -1) <= k - n_above)
+    want = (scores > kth) | want_tied
+    assert torch.equal(torch.zeros_like(want).scatter(-1, got, True), want), name
+
+
+def test_ascending_selection_order_is_the_same_sets():
+    g = torch.Generator().manual_seed(1)
+    lat = (8, 8, 8)
+    q, k = torch.randn(2, 2, 512, 16, generator=g), torch.randn(2, 2, 512, 16, generator=g)
+    for sparsity, cdf in ((0.75, None), (None, 0.5), (0.5, 0.6)):
+        idx, counts = select_blocks_raster(q, k, lat, lat, sparsity, cdf)
+        asc, counts_asc = select_blocks_raster(q, k, lat, lat, sparsity, cdf, order="ascending")
+        assert torch.equal(counts, counts_asc)
+        assert torch.equal(asc, ascending_selection(idx, counts))
+    with pytest.raises(ValueError, match="selection order"):
+        select_blocks_raster(q, k, lat, lat, 0.75, None, order="sorted")
+
+
+@needs_triton
+def test_topk_ascending_rejects_bad_arguments():
+    from lc_runtime.ops.triton_topk import topk_ascending
+
+    with pytest.raises(ValueError, match="k must be in"):
+        topk_ascending(torch.randn(2, 8), 9)
+    with pytest.raises(ValueError, match="k must be in"):
+        topk_ascending(torch.randn(2, 8), 0)
+    with pytest.raises(ValueError, match="dtype"):
+        topk_ascending(torch.randn(2, 8), 2, dtype=torch.int16)
+
+
+def _check_kernel(device) -> list[dict]:
+    from lc_runtime.ops.triton_topk import topk_ascending
+
+    records = []
+    for name, scores, k in score_cases(device):
+        for dtype in (torch.int64, torch.int32):
+            got = topk_ascending(scores, k, dtype=dtype)
+            want = topk_ascending_ref(scores, k)
+            ok = got.dtype == dtype and got.shape == want.shape and torch.equal(got.long().cpu(), want.cpu())
+            records.append(dict(case=f"{name} {dtype}", ok=ok))
+    return records
+
+
+@needs_triton
+def test_triton_topk_in_interpreter():
+    """The kernel on CPU under TRITON_INTERPRET=1 (a subprocess: the flag is read when kernels are defined)."""
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO))
+    proc = subprocess.run(
+        [sys.executable, __file__, "--interpreter-worker"], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    records = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(records) == 2 * len(score_cases())
+    assert all(r["ok"] for r in records), [r["case"] for r in records if not r["ok"]]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_triton_topk_on_cuda():
+    records = _check_kernel("cuda")
+    assert all(r["ok"] for r in records), [r["case"] for r in records if not r["ok"]]
+    # the 720p refine shape: 32 heads x 2,640 query blocks x 2,640 key blocks, top 165
+    scores = torch.randn(1, 32, 2640, 2640, device="cuda")
+    from lc_runtime.ops.triton_topk import topk_ascending
+
+    assert torch.equal(topk_ascending(scores, 165), torch.topk(scores, 165, dim=-1).indices.sort(-1).values)
+
+
+if __name__ == "__main__" and "--interpreter-worker" in sys.argv:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from interpreter_shims import install_interpreter_shims
+
+    install_interpreter_shims()
+    print(json.dumps(_check_kernel("cpu")))
