@@ -108,7 +108,9 @@ def _topk_ascending(scores: torch.Tensor, k: int) -> torch.Tensor:
     if scores.is_cuda:
         from lc_runtime.ops import triton_topk  # triton is only needed (and importable) on CUDA machines
 
-        return triton_topk.topk_ascending(scores, k)
+        if scores.shape[-1] <= triton_topk.MAX_COLS:
+            return triton_topk.topk_ascending(scores, k)
+        return torch.topk(scores, k, dim=-1, sorted=False).indices.sort(dim=-1).values  # longer rows: top-k + sort
     return topk_ascending_ref(scores, k)
 
 

@@ -68,7 +68,7 @@ def test_ascending_selection_order_is_the_same_sets():
 
 @needs_triton
 def test_topk_ascending_rejects_bad_arguments():
-    from lc_runtime.ops.triton_topk import topk_ascending
+    from lc_runtime.ops.triton_topk import MAX_COLS, topk_ascending
 
     with pytest.raises(ValueError, match="k must be in"):
         topk_ascending(torch.randn(2, 8), 9)
@@ -76,6 +76,8 @@ def test_topk_ascending_rejects_bad_arguments():
         topk_ascending(torch.randn(2, 8), 0)
     with pytest.raises(ValueError, match="dtype"):
         topk_ascending(torch.randn(2, 8), 2, dtype=torch.int16)
+    with pytest.raises(ValueError, match="at most"):
+        topk_ascending(torch.randn(1, MAX_COLS + 1), 2)
 
 
 def _check_kernel(device) -> list[dict]:
@@ -114,6 +116,13 @@ def test_triton_topk_on_cuda():
     from lc_runtime.ops.triton_topk import topk_ascending
 
     assert torch.equal(topk_ascending(scores, 165), torch.topk(scores, 165, dim=-1).indices.sort(-1).values)
+    # rows longer than one program holds go through torch.topk + sort in the op's dispatcher
+    from lc_runtime.ops.block_sparse_attention import _topk_ascending
+    from lc_runtime.ops.triton_topk import MAX_COLS
+
+    for n in (2640, MAX_COLS + 7):
+        long_rows = torch.randn(3, n, device="cuda")
+        assert torch.equal(_topk_ascending(long_rows, 100), topk_ascending_ref(long_rows, 100)), n
 
 
 if __name__ == "__main__" and "--interpreter-worker" in sys.argv:
