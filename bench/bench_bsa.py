@@ -426,11 +426,9 @@ def bench_inputs(args, qkv, lat, shape, sweep, timer, gen, results, kind) -> dic
     finally:
         triton_bsa.set_default_config(old)
     entry["op_best_config"] = best["config"]
+    sel_t = entry["time_selection_ascending"]["median_s"]
     if best_cfg.group > 1:
-        sel_t = entry["time_selection_ascending"]["median_s"]
         sel_t += entry[f"time_group_union_{best_cfg.group_h}x{best_cfg.group_w}"]["median_s"]
-    else:
-        sel_t = entry["time_selection_ascending"]["median_s"]
     entry["total_best_s"] = sel_t + best["time"]["median_s"]
     log(f"[full:{kind}] best {best['config']} {best['time']['median_s']:.4f}s; selection+sort/union {sel_t:.4f}s; "
         f"op with it {entry['op_total_best_config']['median_s']:.4f}s")  # fmt: skip
