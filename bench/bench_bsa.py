@@ -48,6 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from lc_runtime.ops.block_sparse_attention import (  # noqa: E402
+    _topk_ascending,
     ascending_selection,
     block_sparse_attention,
     group_selection,
@@ -335,6 +336,24 @@ def selection_parts(q, k, lat, k_sel, timer, reps) -> dict:
         parts[f"time_topk_ascending_triton_w{warps}"] = timer(
             lambda w=warps: topk_ascending(scores, k_sel, num_warps=w), reps
         )
+    if q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1":
+        # the op's sm_90 path: k's block-major copy + its means in one pass, v's copy, q's means (triton_bsa.py)
+        from lc_runtime.ops.triton_bsa import blocks_and_means
+
+        parts["time_prep_k_copy_and_means"] = timer(lambda: blocks_and_means(k, lat, CHUNK), reps)
+        parts["time_prep_v_copy"] = timer(lambda: blocks_and_means(k, lat, CHUNK, pool=False), reps)
+        parts["time_prep_q_means"] = timer(lambda: blocks_and_means(q, lat, CHUNK, store=False), reps)
+        parts["time_torch_k_copy"] = timer(lambda: reorder_to_blocks(k, lat).contiguous(), reps)
+        fused_k, fused_q = blocks_and_means(k, lat, CHUNK)[1], blocks_and_means(q, lat, CHUNK, store=False)[1]
+        parts["prep_means_equal_torch_pooling"] = bool(torch.equal(fused_k, k_mean) and torch.equal(fused_q, q_mean))
+        diff = torch.cat([(fused_k != k_mean).flatten(), (fused_q != q_mean).flatten()])
+        parts["prep_means_differing"] = [int(diff.sum()), diff.numel()]
+        ulp = torch.cat([(fused_k - k_mean).abs().flatten(), (fused_q - q_mean).abs().flatten()])
+        rel = ulp / torch.cat([k_mean.abs().flatten(), q_mean.abs().flatten()]).clamp_min(1e-30)
+        parts["prep_means_max_rel_diff"] = float(rel.max())  # bf16: one ulp is 2^-8 .. 2^-7 relative
+        asc = _topk_ascending(torch.matmul(fused_q, fused_k.transpose(-1, -2)), k_sel)  # as the op selects
+        ref = _topk_ascending(scores, k_sel)
+        parts["prep_selection_rows_differing"] = [int((asc != ref).any(-1).sum()), asc[..., 0].numel()]
     return parts
 
 
@@ -534,6 +553,19 @@ def summary_markdown(results) -> str:
             parts += [(f"topk_ascending_triton_w{w}", f"Triton ascending top-k, {w} warps") for w in (4, 8, 16)]
             for key, what in parts:
                 lines.append(_row(kind, f"  part: {what}", e[f"time_{key}"]["median_s"]))
+        if "time_prep_k_copy_and_means" in e:
+            nd, nm = e.get("prep_means_differing", (0, 0))
+            same = "same means as" if e["prep_means_equal_torch_pooling"] else f"{nd} of {nm} means differ from"
+            prep = [("prep_k_copy_and_means", f"k: block-major copy + means, one pass ({same} PyTorch pooling)")]
+            prep += [("prep_v_copy", "v: block-major copy (timed on k: same shape)"), ("prep_q_means", "q: means")]
+            prep += [("torch_k_copy", "for comparison: k's block-major copy by PyTorch (permute + contiguous)")]
+            for key, what in prep:
+                lines.append(_row(kind, f"op's sm_90 prep: {what}", e[f"time_{key}"]["median_s"]))
+            if "prep_selection_rows_differing" in e:
+                rows, total = e["prep_selection_rows_differing"]
+                what = f"selection rows that differ: fused-prep means vs PyTorch pooling (max rel diff of a mean " \
+                       f"{e['prep_means_max_rel_diff']:.2e})"  # fmt: skip
+                lines.append(_row(kind, what, text=f"{rows} of {total}"))
         for key in [x for x in e if x.startswith("time_group_union_")]:
             g = key.rsplit("_", 1)[1]
             lines.append(_row(kind, f"group union {g} (sort + merge)", e[key]["median_s"]))

@@ -22,10 +22,18 @@ never depend on data, so the op traces under torch.compile / torch.export and ca
 One deliberate deviation: a query block always keeps at least one key block (the formulas above can give 0 for tiny
 grids or a cdf threshold below the top block's mass; the original then divides 0 by 0 and returns NaN).
 
-CUDA pools and scores in torch (pooling straight from the raster layout), selects with the Triton top-k of
-``triton_topk.py`` (ascending indices in one pass, no sort) and runs the Triton kernel of ``triton_bsa.py`` (rows
-gathered straight from the raster layout, key blocks in ascending order); every other device runs the fp32 PyTorch
+CUDA selects with the Triton top-k of ``triton_topk.py`` (ascending indices in one pass, no sort) and runs the
+Triton kernel of ``triton_bsa.py`` (key blocks in ascending order). On sm_90+ (the TMA kernel, which reads
+block-major copies of k and v) one Triton pass per tensor makes k's copy and its block means, v's copy, and q's
+means (``triton_bsa.blocks_and_means``); scores in torch. Elsewhere on CUDA, q and k are pooled in torch straight
+from the raster layout and the gathered kernel reads the raster layout. Every other device runs the fp32 PyTorch
 reference ``block_sparse_attention_ref``.
+
+Pooling is an fp32 sum of the block's values, divided by the block size and rounded to the input dtype, as the
+original; the order of the sum is not specified by it, and differs between the CPU reference, torch on CUDA and the
+Triton pass. When a sum is inexact in fp32 the rounded mean can differ by one ulp between them: at the 720p refine
+shape on iid bf16 inputs, 2 of 21.6 million means differed between the Triton pass and torch's pooling, and no
+selection did (bench/bench_bsa.py records both).
 """
 
 import math
@@ -360,10 +368,26 @@ def _bsa_cuda(q, k, v, latent_shape_q, latent_shape_k, sparsity, cdf_threshold, 
 
     # the kernel visits key blocks in ascending order: the topk mode selects them in that order in one Triton pass
     # (triton_topk.py) instead of top-k's sort and a second, ascending one
+    out = _empty_output(q)
+    if triton_bsa.default_config(q).tma:
+        # the TMA kernel reads block-major copies of k and v: one Triton pass makes k's copy and pools its block
+        # means, one makes v's, one pools q (no reorder copy of q), instead of pooling q and k from the raster layout
+        # with PyTorch and copying k and v after
+        q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
+        _block_grid(latent_shape_q, chunk_3d_shape, q.shape[2], "q")
+        _block_grid(latent_shape_k, chunk_3d_shape, k.shape[2], "k")
+        k_blocks, k_mean = triton_bsa.blocks_and_means(k, latent_shape_k, chunk_3d_shape)
+        v_blocks = triton_bsa.blocks_and_means(v, latent_shape_k, chunk_3d_shape, pool=False)[0]
+        q_mean = triton_bsa.blocks_and_means(q, latent_shape_q, chunk_3d_shape, store=False)[1]
+        indices, counts = _select_from_means(q_mean, k_mean, sparsity, cdf_threshold, "ascending")
+        del q_mean, k_mean
+        return triton_bsa.bsa_forward(
+            q, k, v, indices, counts, latent_shape_q, latent_shape_k, chunk_3d_shape, out=out, order="sorted",
+            kv_blocks=(k_blocks, v_blocks),
+        )  # fmt: skip
     indices, counts = select_blocks_raster(
         q, k, latent_shape_q, latent_shape_k, sparsity, cdf_threshold, chunk_3d_shape, order="ascending"
     )
-    out = _empty_output(q)
     return triton_bsa.bsa_forward(
         q, k, v, indices, counts, latent_shape_q, latent_shape_k, chunk_3d_shape, out=out, order="sorted"
     )

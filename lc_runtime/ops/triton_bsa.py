@@ -43,26 +43,26 @@ that the gathers do not overlap with. A bigger N tile (n_sub = 2) or a deeper pi
 slower). A faster kernel needs gathers that overlap with the math.
 
 TMA variant (``tma=True``, the default on sm_90+, ``TMA_CONFIG``): K and V are first copied to block-major order
-(``reorder_to_blocks``: one read and one write of each, ~1.5 ms at the 720p refine shape, and 2 x K's size of transient
-memory), so that a selected key block is one contiguous [64, D] box that the Tensor Memory Accelerator loads
-asynchronously into shared memory (a host-side ``TensorDescriptor`` over [B*H*Sk, D]); Triton's pipeliner then keeps
-num_stages - 1 boxes in flight with mbarriers instead of register-staged cp.async gathers. Same arithmetic, in the same
-order, as the gathered kernel (the interpreter test checks the bits). On the H200
-(bench/results/bsa_nvidia-h200_20261121-18*-tma.md): 0.072-0.075 s with one pass (iid), 0.072 s (rope), against 0.108 s;
-6.1-6.3 TB/s of K/V at ~400 TFLOP/s, about the gather probe's 6.8 TB/s for a head's full K/V. Measured and rejected:
-key-range passes (0.077-0.085 s: their state traffic costs more than the L2 locality gains), num_stages 1-3 (slower on
-iid, stages 1 with a 128-register cap is the fastest on rope inputs at 0.0675 s but 0.085 s on iid), pairs of key blocks
-per softmax update (``n_sub=2``: 0.083-0.090 s, twice the shared memory), 8 warps (0.12-0.18 s: a 64-row tile cannot be
-split across two warpgroups), Triton 3.6's automatic warp specialization (does not compile with 4 warps; no faster with
-8), and (session 6, commit 5f8486a, reverted in 88ed055; bsa_nvidia-h200_20261121-2233-waves.md) launch waves, to keep
-the resident programs walking the ascending key range in step so that their working set stays in the L2: launches of
-264 / 528 / 2640 programs (one wave of 2 programs per SM (82 KB of shared memory each, 138 registers), two waves, one
-head): 0.0776 / 0.0777 / 0.0752 s on iid against 0.0767 s for one launch of the same refactored kernel in the same run
-(0.0723 s for the unrefactored one in session 4); a persistent grid of 264 programs striding over the work items:
-0.0733 s on iid but 0.0951 s on rope (0.0759 s for one launch), 132 programs: 0.107 s. What is left to reach 0.060 s:
-the iteration is a serial chain (wait for the box, QKᵀ, softmax, PV) per 64-row program and only two programs share an
-SM; a kernel that keeps two independent chains per SM busy (FA3's ping-pong of two warpgroups, or two query blocks per
-program) is the next step, not written.
+(``blocks_and_means``: one Triton pass each, 0.7 ms per tensor at the 720p refine shape on an H200 against 2.2 ms for
+torch's permute + contiguous; the op pools k's block means in the same pass; 2 x K's size of transient memory), so that
+a selected key block is one contiguous [64, D] box that the Tensor Memory Accelerator loads asynchronously into shared
+memory (a host-side ``TensorDescriptor`` over [B*H*Sk, D]); Triton's pipeliner then keeps num_stages - 1 boxes in flight
+with mbarriers instead of register-staged cp.async gathers. Same arithmetic, in the same order, as the gathered kernel
+(the interpreter test checks the bits). On the H200 (bench/results/bsa_nvidia-h200_20261121-18*-tma.md): 0.072-0.075 s
+with one pass (iid), 0.072 s (rope), against 0.108 s; 6.1-6.3 TB/s of K/V at ~400 TFLOP/s, about the gather probe's 6.8
+TB/s for a head's full K/V. Measured and rejected: key-range passes (0.077-0.085 s: their state traffic costs more than
+the L2 locality gains), num_stages 1-3 (slower on iid, stages 1 with a 128-register cap is the fastest on rope inputs at
+0.0675 s but 0.085 s on iid), pairs of key blocks per softmax update (``n_sub=2``: 0.083-0.090 s, twice the shared
+memory), 8 warps (0.12-0.18 s: a 64-row tile cannot be split across two warpgroups), Triton 3.6's automatic warp
+specialization (does not compile with 4 warps; no faster with 8), and (session 6, commit 5f8486a, reverted in 88ed055;
+bsa_nvidia-h200_20261121-2233-waves.md) launch waves, to keep the resident programs walking the ascending key range in
+step so that their working set stays in the L2: launches of 264 / 528 / 2640 programs (one wave of 2 programs per SM (82
+KB of shared memory each, 138 registers), two waves, one head): 0.0776 / 0.0777 / 0.0752 s on iid against 0.0767 s for
+one launch of the same refactored kernel in the same run (0.0723 s for the unrefactored one in session 4); a persistent
+grid of 264 programs striding over the work items: 0.0733 s on iid but 0.0951 s on rope (0.0759 s for one launch), 132
+programs: 0.107 s. What is left to reach 0.060 s: the iteration is a serial chain (wait for the box, QKᵀ, softmax, PV)
+per 64-row program and only two programs share an SM; a kernel that keeps two independent chains per SM busy (FA3's
+ping-pong of two warpgroups, or two query blocks per program) is the next step, not written.
 
 Grouped query blocks (``group_h`` x ``group_w`` > 1; why and what): fewer bytes per FLOP, i.e. more query rows per
 loaded K/V tile. A program therefore takes G = group_h * group_w
@@ -100,7 +100,7 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from lc_runtime.ops.block_sparse_attention import ascending_selection, group_selection, reorder_to_blocks
+from lc_runtime.ops.block_sparse_attention import ascending_selection, group_selection
 
 _LOG2E = 1.4426950408889634
 
@@ -520,6 +520,7 @@ def bsa_forward(
     *,
     order: str = "sort",
     bits: torch.Tensor | None = None,
+    kv_blocks: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Sparse attention of raster-ordered q [B, H, Sq, D] over k, v [B, H, Sk, D] and a block selection.
 
@@ -530,7 +531,9 @@ def bsa_forward(
     Grouped configs (``group_h * group_w > 1``) build the groups' unions (``group_selection``) unless ``bits`` is
     given: then ``indices``, ``bits`` and ``counts`` are that union already (for timing the kernel alone).
     Returns [B, H, Sq, D] laid out like ``torch.empty_like(q)``, or writes ``out`` (same shape and dtype as q,
-    unit stride along D). Runs on CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1.
+    unit stride along D). ``kv_blocks``: the TMA kernel's block-major copies of k and v when the caller made them
+    already (:func:`blocks_and_means`, which pools k in the same pass); made here when None.
+    Runs on CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1.
     """
     cfg = config or default_config(q)
     bsz, heads, sq, d = q.shape
@@ -580,7 +583,7 @@ def bsa_forward(
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
     if cfg.tma:
         _launch_tma(q, k, v, out, idx, bounds, (acc, m_state, l_state), (hq, wq), (tk, hk, wk), chunk_3d_shape, cfg,
-                    grid, precision)  # fmt: skip
+                    grid, precision, kv_blocks)  # fmt: skip
         return out
     for p in range(passes):
         start, end = bounds[p], bounds[p + 1]
@@ -604,16 +607,21 @@ def bsa_forward(
     return out
 
 
-def _launch_tma(q, k, v, out, idx, bounds, state, q_hw, latent_k, chunk, cfg, grid, precision) -> None:
-    """The TMA kernel's passes: K and V copied to block-major order once (one read and one write of each, ~1.5 ms at
-    the 720p refine shape on an H200), then one [BLOCK, D] box per selected key block."""
+def _launch_tma(q, k, v, out, idx, bounds, state, q_hw, latent_k, chunk, cfg, grid, precision, kv_blocks) -> None:
+    """The TMA kernel's passes: K and V copied to block-major order once (one read and one write of each, ~0.7 ms
+    each at the 720p refine shape on an H200; or ``kv_blocks``, copies made by the caller), then one [BLOCK, D] box
+    per selected key block."""
     bsz, heads, sq, d = q.shape
     ct, ch, cw = (int(c) for c in chunk)
     block = ct * ch * cw
     (hq, wq), sk = q_hw, k.shape[2]
+    if kv_blocks is None:
+        kv_blocks = tuple(blocks_and_means(x, latent_k, chunk, pool=False)[0] for x in (k, v))
     descs = []
-    for x in (k, v):
-        blocked = reorder_to_blocks(x, latent_k, chunk).contiguous().view(bsz * heads * sk, d)
+    for blocked in kv_blocks:
+        if blocked.shape != (bsz * heads * sk, d) or not blocked.is_contiguous() or blocked.dtype != k.dtype:
+            raise ValueError(f"kv_blocks must be contiguous [{bsz * heads * sk}, {d}] {k.dtype}; got "
+                             f"{list(blocked.shape)} {blocked.dtype}")  # fmt: skip
         descs.append(TensorDescriptor(blocked, [bsz * heads * sk, d], [d, 1], [block, d]))
     acc, m_state, l_state = state
     passes = len(bounds) - 1
@@ -636,6 +644,68 @@ def _launch_tma(q, k, v, out, idx, bounds, state, q_hw, latent_k, chunk, cfg, gr
                 _bsa_fwd_tma_kernel[grid](*args, **meta)
         else:
             _bsa_fwd_tma_kernel[grid](*args, **meta)
+
+
+@triton.jit
+def _blocks_means_kernel(
+    X, OUT, MEAN,
+    sx_b, sx_h, sx_s,
+    heads, H, W, nb_h, nb_w, seq, n_blocks,
+    CT: tl.constexpr, CH: tl.constexpr, CW: tl.constexpr, HEAD_DIM: tl.constexpr,
+    STORE: tl.constexpr, POOL: tl.constexpr,
+):  # fmt: skip
+    # One program per (3-D block n, batch·head): the block's rows gathered from the raster layout (16-byte runs), then
+    # stored block-major (STORE) and / or summed into the block's mean (POOL).
+    BLOCK: tl.constexpr = CT * CH * CW
+    n = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    b, h = bh // heads, bh % heads
+    bt, bhh, bw = n // (nb_h * nb_w), (n // nb_w) % nb_h, n % nb_w
+    r = tl.arange(0, BLOCK)
+    tok = ((bt * CT + r // (CH * CW)) * H + bhh * CH + (r // CW) % CH).to(tl.int64) * W + bw * CW + r % CW
+    d = tl.arange(0, HEAD_DIM)
+    x = tl.load(X + b * sx_b + h * sx_h + tok[:, None] * sx_s + d[None, :])
+    if STORE:
+        tl.store(OUT + (bh * seq + n * BLOCK + r)[:, None] * HEAD_DIM + d[None, :], x)
+    if POOL:  # fp32 sum, times 1 / BLOCK (a power of two: exact), rounded once to the input dtype (SPEC §5 step 2)
+        mean = tl.sum(x.to(tl.float32), axis=0) * (1.0 / BLOCK)
+        tl.store(MEAN + (bh * n_blocks + n) * HEAD_DIM + d, mean.to(X.dtype.element_ty).to(tl.float32))
+
+
+def blocks_and_means(x: torch.Tensor, latent_shape, chunk, *, store: bool = True, pool: bool = True):
+    """One pass over raster-ordered x [B, H, S, D] (unit stride along D): its block-major copy ([B·H·S, D]
+    contiguous, as ``reorder_to_blocks(x).reshape(-1, D)``) when ``store``, and its per-block means ([B, H, N_blk, D]
+    fp32 holding values rounded to x's dtype, as ``raster_block_means``) when ``pool``; None for what is not asked.
+    The block must be a power of two of >= 16 tokens and D a power of two (what the BSA kernels take)."""
+    bsz, heads, seq, d = x.shape
+    ct, ch, cw = (int(c) for c in chunk)
+    block = ct * ch * cw
+    if block < 16 or block & (block - 1) or d < 16 or d & (d - 1) or x.stride(-1) != 1:
+        raise ValueError(f"blocks_and_means needs a power-of-two block and head dim, unit D stride; got "
+                         f"chunk {tuple(chunk)}, x {list(x.shape)} strides {x.stride()}")  # fmt: skip
+    t, hh, w = (int(s) for s in latent_shape)
+    if t * hh * w != seq or t % ct or hh % ch or w % cw:
+        raise ValueError(f"latent shape {tuple(latent_shape)} does not tile {seq} tokens by chunk {tuple(chunk)}")
+    n_blocks = seq // block
+    out = torch.empty(bsz * heads * seq, d, dtype=x.dtype, device=x.device) if store else None
+    mean = torch.empty(bsz, heads, n_blocks, d, dtype=torch.float32, device=x.device) if pool else None
+    if not (store or pool):
+        return out, mean
+    # fmt: off
+    args = (
+        x, out if store else x, mean if pool else x,
+        x.stride(0), x.stride(1), x.stride(2),
+        heads, hh, w, hh // ch, w // cw, seq, n_blocks,
+    )
+    # fmt: on
+    meta = dict(CT=ct, CH=ch, CW=cw, HEAD_DIM=d, STORE=store, POOL=pool, num_warps=4)
+    grid = (n_blocks, bsz * heads)
+    if x.is_cuda:
+        with torch.cuda.device(x.device):
+            _blocks_means_kernel[grid](*args, **meta)
+    else:
+        _blocks_means_kernel[grid](*args, **meta)
+    return out, mean
 
 
 def _pass_bounds(indices, counts, passes, latent_shape_k, chunk) -> list[torch.Tensor]:

@@ -408,6 +408,8 @@ def test_triton_kernel_in_interpreter():
             assert r["max_vs_golden"] <= 2 * r["max_base"], r
         assert r.get("same_as_one_pass", True), r
         assert r.get("max_vs_ungrouped", 0.0) <= FP32_ATOL, r
+        assert r.get("copies_equal", True) and r.get("means_ok", True) and r.get("selection_is_golden", True), r
+    assert sum("fused prep" in r["case"] for r in records) == len(GOLDEN_CASES) + 6
 
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed (not a dependency)")
@@ -425,6 +427,36 @@ def _errors(actual, ref, baseline) -> dict:
     err, base = (actual.double() - ref.double()).abs(), (baseline.double() - ref.double()).abs()
     return dict(max_err=err.max().item(), mean_err=err.mean().item(), max_base=base.max().item(),
                 mean_base=base.mean().item())  # fmt: skip
+
+
+def _fused_prep_record(case, q, k, v, lq, lk, chunk, sparsity, cdf, ref, baseline, fp32=False) -> dict:
+    """The op's sm_90 path (``_bsa_cuda`` with the TMA config: block-major k / v copies and block means from one
+    Triton pass each) on CPU tensors under the interpreter, against the PyTorch pieces it replaces: the copies
+    bitwise; the means bitwise for bf16 inputs (an fp32 sum of 64 bf16 values, rounded to bf16), within an fp32
+    rounding for fp32 inputs (summation order); the op's output vs the reference and vs the TMA kernel run on
+    ``select_blocks_raster``'s selection."""
+    from lc_runtime.ops import triton_bsa
+    from lc_runtime.ops.block_sparse_attention import _bsa_cuda, raster_block_means
+
+    kb, k_mean = triton_bsa.blocks_and_means(k, lk, chunk)
+    vb, none_mean = triton_bsa.blocks_and_means(v, lk, chunk, pool=False)
+    none_blocks, q_mean = triton_bsa.blocks_and_means(q, lq, chunk, store=False)
+    rec = dict(case=f"{case} fused prep (op's TMA path)")
+    copies = [torch.equal(blocks, reorder_to_blocks(x, lk, chunk).flatten(0, 2)) for blocks, x in ((kb, k), (vb, v))]
+    rec["copies_equal"] = all(copies) and none_mean is None and none_blocks is None
+    means = [(k_mean, raster_block_means(k, lk, chunk)), (q_mean, raster_block_means(q, lq, chunk))]
+    mean_diff = max((mean - ref_mean).abs().max().item() for mean, ref_mean in means)
+    rec["means_ok"] = mean_diff <= (1e-6 if fp32 else 0.0)
+    old = triton_bsa.set_default_config(triton_bsa.TMA_CONFIG)
+    try:
+        out = _bsa_cuda(q, k, v, lq, lk, sparsity, cdf, chunk)
+    finally:
+        triton_bsa.set_default_config(old)
+    idx, counts = select_blocks_raster(q, k, lq, lk, sparsity, cdf, chunk)
+    direct = triton_bsa.bsa_forward(q, k, v, idx, counts, lq, lk, chunk, triton_bsa.TMA_CONFIG)
+    rec |= _errors(out, ref, baseline)
+    rec["same_as_one_pass"] = bool(torch.equal(out, direct))  # same selection, same kernel: the same bits
+    return rec | dict(out=out, indices=ascending_selection(idx, counts))
 
 
 def _interpreter_worker():
@@ -458,6 +490,11 @@ def _interpreter_worker():
             rec = dict(case=case, **_errors(out, ref32, ref16))
             rec["max_vs_golden"] = (out.double() - golden[f"{name}.out"].double()).abs().max().item()
             records.append(rec)
+        records.append(_fused_prep_record(f"golden {name}", q, k, v, lq, lk, chunk, m["sparsity"], None, ref32, ref16))
+        records[-1]["max_vs_golden"] = (records[-1].pop("out").double() - golden[f"{name}.out"].double()).abs().max()
+        records[-1]["max_vs_golden"] = records[-1]["max_vs_golden"].item()
+        gold_sets = golden[f"{name}.block_indices"].sort(dim=-1).values
+        records[-1]["selection_is_golden"] = bool(torch.equal(records[-1].pop("indices"), gold_sets))
     lq, lk = (4, 12, 8), (8, 8, 16)  # 1 x 3 x 2 query blocks: 2 x 2 groups are partial at the h edge
     for layout in ("bhsd", "bshd"):
         for sparsity, cdf in ((0.75, None), (None, 0.8), (0.75, 0.6)):
@@ -489,6 +526,10 @@ def _interpreter_worker():
                     records[-1]["same_as_one_pass"] = torch.equal(out, one_pass)
                 elif gh * gw > 1:  # groups only add masked (exactly zero) terms: the same sums up to fp32 rounding
                     records[-1]["max_vs_ungrouped"] = (out - one_pass).abs().max().item()
+            rec = _fused_prep_record(f"fp32 {layout} sparsity={sparsity} cdf={cdf}", q, k, v, lq, lk, (4, 4, 4),
+                                     sparsity, cdf, ref64, ref32, fp32=True)  # fmt: skip
+            rec.pop("out"), rec.pop("indices")
+            records.append(rec)
     print(json.dumps(records))
 
 
