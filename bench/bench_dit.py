@@ -15,7 +15,8 @@ Sections (``--sections``, comma-separated; ``all`` adds the opt-in ``720p``):
               cached decode (KV cache of 4 latents + 20 noise latents): fast path, our eager path, and an
               "original-style" eager cached step that repeats the cache, concatenates and re-ropes it every block
   agreement   depth-2, full-width model: fast path and eager bf16 vs an fp32 run of the same weights (STYLE #9)
-  720p        refine-size grid 48x44x80 (168,960 tokens), batch 1, a few blocks timed and extrapolated (opt-in)
+  720p        refine-size grid 48x44x80 (168,960 tokens), batch 1, a few blocks timed and extrapolated (opt-in):
+              fast path with dense attention, fast path with block-sparse attention (the refinement's), eager
 
 Writes ``<out>/bench_dit_<gpu>_<date>.json`` and ``.md`` after every section; prints the summary table last.
 Run: ``python bench/bench_dit.py`` (see bench/README.md).
@@ -480,11 +481,20 @@ class Bench:
                 den = make_denoiser(self.dit, a)
                 rec["fast_warmup_s"] = wall(lambda: den(x, t, ctx, 0, None))
                 rec["fast"] = timed(lambda: den(x, t, ctx, 0, None), 1)
-                den.release()  # frees its graph pool before the eager run
+                den.release()  # frees its graph pool before the next run
+                # the refinement's setting: block-sparse self-attention (the config's bsa_params), fast path
+                self.dit.enable_bsa()
+                try:
+                    den = make_denoiser(self.dit, a)
+                    rec["fast_bsa_warmup_s"] = wall(lambda: den(x, t, ctx, 0, None))
+                    rec["fast_bsa"] = timed(lambda: den(x, t, ctx, 0, None), 1)
+                    den.release()
+                finally:
+                    self.dit.disable_bsa()
                 self.dit.use_kernels("torch", attention=self.backend)
                 rec["eager_warmup_s"] = wall(lambda: self.dit(x, t, y, mask))
                 rec["eager"] = timed(lambda: self.dit(x, t, y, mask), 1)
-            for key in ("fast", "eager"):
+            for key in ("fast", "fast_bsa", "eager"):
                 rec[key]["per_block_s"] = rec[key]["s"] / n
                 rec[key]["extrapolated_forward_s"] = rec[key]["s"] / n * self.cfg.depth
             h, d = self.cfg.num_heads, self.cfg.head_dim
@@ -552,6 +562,8 @@ def summarize(report: Report, res: dict, batches: list[int]) -> None:
                            target="<= 2", ok=ok)  # fmt: skip
     if res.get("720p"):
         report.add_summary("720p fast forward, extrapolated (s)", get("720p", "fast", "extrapolated_forward_s"))
+        bsa = get("720p", "fast_bsa", "extrapolated_forward_s")
+        report.add_summary("720p fast forward with block-sparse attention, extrapolated (s)", bsa)
         report.add_summary("720p eager forward, extrapolated (s)", get("720p", "eager", "extrapolated_forward_s"))
 
 
