@@ -423,6 +423,23 @@ def test_triton_tma_config_refuses_groups_and_wide_tiles(cfg):
         bsa_forward(q, q, q, idx, counts, (2, 8, 8), (2, 8, 8), (2, 4, 8), BsaKernelConfig(**cfg))
 
 
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed (not a dependency)")
+def test_blocks_and_means_and_kv_blocks_refuse_bad_inputs():
+    """The sm_90 prep names what does not fit before launching anything: a block that is not a power of two, a grid
+    the chunk does not tile, and TMA copies of the wrong shape handed to the kernel."""
+    from lc_runtime.ops.triton_bsa import TMA_CONFIG, blocks_and_means, bsa_forward
+
+    x = torch.randn(1, 2, 128, 32)
+    with pytest.raises(ValueError, match="power-of-two block"):
+        blocks_and_means(x.narrow(2, 0, 108), (3, 6, 6), (3, 3, 3))
+    with pytest.raises(ValueError, match=r"latent shape \(2, 8, 4\) does not tile 128 tokens"):
+        blocks_and_means(x.narrow(2, 0, 128), (2, 8, 4), (2, 4, 8))
+    idx, counts = select_blocks_raster(x, x, (2, 8, 8), (2, 8, 8), 0.5, None, (2, 4, 8))
+    bad = torch.empty(2 * 128, 16)
+    with pytest.raises(ValueError, match=r"kv_blocks must be contiguous \[256, 32\]"):
+        bsa_forward(x, x, x, idx, counts, (2, 8, 8), (2, 8, 8), (2, 4, 8), TMA_CONFIG, kv_blocks=(bad, bad))
+
+
 def _errors(actual, ref, baseline) -> dict:
     err, base = (actual.double() - ref.double()).abs(), (baseline.double() - ref.double()).abs()
     return dict(max_err=err.max().item(), mean_err=err.mean().item(), max_base=base.max().item(),
