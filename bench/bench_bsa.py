@@ -61,6 +61,7 @@ from lc_runtime.ops.block_sparse_attention import (  # noqa: E402
 )
 
 CHUNK = (4, 4, 4)
+TOPK_WARPS = (1, 2, 4, 8, 16)  # warps per row of the Triton top-k, timed side by side
 BLOCK = 64
 # (n_sub, num_warps, num_stages[, group_h, group_w]); sm_90 compile of Triton 3.6: stages <= 4 double-buffer K/V one
 # iteration ahead (82 KB smem at n_sub 1: 2 programs/SM), stages 5 triple-buffer two iterations ahead (115 KB: 1
@@ -332,7 +333,7 @@ def selection_parts(q, k, lat, k_sel, timer, reps) -> dict:
     scores = torch.matmul(q_mean, k_mean.transpose(-1, -2))
     parts["time_topk_unsorted"] = timer(lambda: torch.topk(scores, k_sel, dim=-1, sorted=False), reps)
     parts["time_topk_ascending_triton"] = timer(lambda: topk_ascending(scores, k_sel), reps)
-    for warps in (4, 8, 16):
+    for warps in TOPK_WARPS:
         parts[f"time_topk_ascending_triton_w{warps}"] = timer(
             lambda w=warps: topk_ascending(scores, k_sel, num_warps=w), reps
         )
@@ -550,7 +551,7 @@ def summary_markdown(results) -> str:
             lines.append(_row(kind, what, e["time_selection_ascending"]["median_s"]))
             parts = [("pool", "pool q and k"), ("scores", "scores (fp32 matmul)"), ("topk_unsorted", "torch.topk")]
             parts += [("topk_ascending_triton", "Triton ascending top-k (the op's warps)")]
-            parts += [(f"topk_ascending_triton_w{w}", f"Triton ascending top-k, {w} warps") for w in (4, 8, 16)]
+            parts += [(f"topk_ascending_triton_w{w}", f"Triton ascending top-k, {w} warps") for w in TOPK_WARPS]
             for key, what in parts:
                 lines.append(_row(kind, f"  part: {what}", e[f"time_{key}"]["median_s"]))
         if "time_prep_k_copy_and_means" in e:
