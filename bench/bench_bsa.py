@@ -337,12 +337,6 @@ def selection_parts(q, k, lat, k_sel, timer, reps) -> dict:
         parts[f"time_topk_ascending_triton_w{warps}"] = timer(
             lambda w=warps: topk_ascending(scores, k_sel, num_warps=w), reps
         )
-    for warps in (4, 8):
-        parts[f"time_topk_ascending_triton_hist_w{warps}"] = timer(
-            lambda w=warps: topk_ascending(scores, k_sel, num_warps=w, method="histogram"), reps
-        )
-    hist = topk_ascending(scores, k_sel, method="histogram")
-    parts["topk_histogram_equals_radix2"] = bool(torch.equal(hist, topk_ascending(scores, k_sel)))
     if q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1":
         # the op's sm_90 path: k's block-major copy + its means in one pass, v's copy, q's means (triton_bsa.py)
         from lc_runtime.ops.triton_bsa import blocks_and_means
@@ -558,10 +552,6 @@ def summary_markdown(results) -> str:
             parts = [("pool", "pool q and k"), ("scores", "scores (fp32 matmul)"), ("topk_unsorted", "torch.topk")]
             parts += [("topk_ascending_triton", "Triton ascending top-k (the op's warps)")]
             parts += [(f"topk_ascending_triton_w{w}", f"Triton ascending top-k, {w} warps") for w in TOPK_WARPS]
-            if "topk_histogram_equals_radix2" in e:
-                same = "same indices" if e["topk_histogram_equals_radix2"] else "**DIFFERENT** indices"
-                parts += [(f"topk_ascending_triton_hist_w{w}", f"Triton top-k, byte histograms, {w} warps ({same})")
-                          for w in (4, 8)]  # fmt: skip
             for key, what in parts:
                 lines.append(_row(kind, f"  part: {what}", e[f"time_{key}"]["median_s"]))
         if "time_prep_k_copy_and_means" in e:

@@ -85,12 +85,11 @@ def _check_kernel(device) -> list[dict]:
 
     records = []
     for name, scores, k in score_cases(device):
-        want = topk_ascending_ref(scores, k)
-        for method in ("radix2", "histogram"):
-            for dtype in (torch.int64, torch.int32):
-                got = topk_ascending(scores, k, dtype=dtype, method=method)
-                ok = got.dtype == dtype and got.shape == want.shape and torch.equal(got.long().cpu(), want.cpu())
-                records.append(dict(case=f"{name} {method} {dtype}", ok=ok))
+        for dtype in (torch.int64, torch.int32):
+            got = topk_ascending(scores, k, dtype=dtype)
+            want = topk_ascending_ref(scores, k)
+            ok = got.dtype == dtype and got.shape == want.shape and torch.equal(got.long().cpu(), want.cpu())
+            records.append(dict(case=f"{name} {dtype}", ok=ok))
     return records
 
 
@@ -103,7 +102,7 @@ def test_triton_topk_in_interpreter():
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     records = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert len(records) == 4 * len(score_cases())
+    assert len(records) == 2 * len(score_cases())
     assert all(r["ok"] for r in records), [r["case"] for r in records if not r["ok"]]
 
 
