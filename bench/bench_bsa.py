@@ -20,8 +20,8 @@ GPU time, most of it Triton compiling the swept configs (--quick: 3 configs).
    reference. CUDA-event timings (warm-up, L2 flushed before each rep, median): selection (pool + scores + top-k),
    the ascending sort, the op's selection (pool + scores + the ascending Triton top-k) and its parts, the op's sm_90
    prep (k's block-major copy + block means in one Triton pass, v's copy, q's means; how many means and selection
-   rows differ from torch's pooling), the kernel per config (auto key-range passes), then for the best config every pass count
-   and the original's schedule (one pass, score order), the whole op, dense SDPA (flash, cuDNN) and FA3
+   rows differ from torch's pooling), the kernel per config (auto key-range passes), then for the best config every
+   pass count and the original's schedule (one pass, score order), the whole op, dense SDPA (flash, cuDNN) and FA3
    (`fa3_fwd_interface` or `flash_attn_interface`) when one imports. Inputs: iid normal (selections scattered over
    the whole key range: the worst case for L2 reuse) and "rope" (a per-head content vector plus noise, rotated by a
    3-D RoPE: scores fall off with distance, neighbouring query blocks pick overlapping key blocks, as in real DiT
