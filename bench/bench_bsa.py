@@ -80,7 +80,7 @@ PASS_SWEEP = [1, 2, 3, 4, 6]
 # (n_sub, num_warps, num_stages, maxnreg); n_sub 2: pairs of key blocks per softmax update.
 TMA_SWEEP = [(1, 4, 4, None), (1, 4, 1, 128), (2, 4, 1, None), (2, 4, 2, None), (2, 4, 3, None), (2, 8, 2, None)]
 TMA_SWEEP += [(2, 8, 3, None)]
-QUICK_TMA_SWEEP = [(1, 4, 4, None), (1, 4, 1, 128), (1, 4, 4, None, 2), (1, 4, 4, None, 1), (1, 4, 1, 128, 3)]
+QUICK_TMA_SWEEP = [(1, 4, 4, None), (1, 4, 1, 128)]
 
 
 def log(*args):
@@ -92,7 +92,6 @@ def cfg_name(cfg) -> str:
     group = f" group={cfg.group_h}x{cfg.group_w}" if cfg.group > 1 else ""
     tma = (" tma" + (" ws" if cfg.warp_specialize else "")) if cfg.tma else ""
     tma += f" maxnreg={cfg.maxnreg}" if cfg.maxnreg else ""
-    tma += f" rotate={cfg.rotate}" if cfg.rotate else ""
     return f"n_sub={cfg.n_sub} warps={cfg.num_warps} stages={cfg.num_stages} passes={passes}{group}{tma}"
 
 
@@ -127,7 +126,7 @@ def run_kernel(q, k, v, idx, counts, lq, lk, cfg, order="sort"):
 
 
 def with_passes(cfg, passes):
-    return dataclasses.replace(cfg, kv_passes=passes, rotate=cfg.rotate if passes == 1 else 0)
+    return dataclasses.replace(cfg, kv_passes=passes)
 
 
 def failed_run(e: Exception, **where) -> dict:
@@ -637,8 +636,8 @@ def main():
     sweep = QUICK_SWEEP if quick else SWEEP
     configs = [BsaKernelConfig(n_sub=a, num_warps=b, num_stages=c, group_h=g[0], group_w=g[1])
                for a, b, c, *g in ((*x, 1, 1) if len(x) == 3 else x for x in sweep)]  # fmt: skip
-    tma = [BsaKernelConfig(n_sub=n, num_warps=w, num_stages=s, tma=True, maxnreg=r, kv_passes=1, rotate=rot)
-           for n, w, s, r, rot in ((*x, 0)[:5] for x in (QUICK_TMA_SWEEP if quick else TMA_SWEEP))]  # fmt: skip
+    tma = [BsaKernelConfig(n_sub=n, num_warps=w, num_stages=s, tma=True, maxnreg=r, kv_passes=1)
+           for n, w, s, r in (QUICK_TMA_SWEEP if quick else TMA_SWEEP)]  # fmt: skip
     configs = {"gathered": configs, "tma": [BsaKernelConfig(), *tma], "all": configs + tma}[args.sweep]
     env = environment(device)
     tag = re.sub(r"[^a-z0-9]+", "_", env["gpu"].lower().replace("nvidia", "")).strip("_") or "gpu"

@@ -60,9 +60,12 @@ step so that their working set stays in the L2: launches of 264 / 528 / 2640 pro
 KB of shared memory each, 138 registers), two waves, one head): 0.0776 / 0.0777 / 0.0752 s on iid against 0.0767 s for
 one launch of the same refactored kernel in the same run (0.0723 s for the unrefactored one in session 4); a persistent
 grid of 264 programs striding over the work items: 0.0733 s on iid but 0.0951 s on rope (0.0759 s for one launch), 132
-programs: 0.107 s. What is left to reach 0.060 s: the iteration is a serial chain (wait for the box, QKᵀ, softmax, PV)
-per 64-row program and only two programs share an SM; a kernel that keeps two independent chains per SM busy (FA3's
-ping-pong of two warpgroups, or two query blocks per program) is the next step, not written.
+programs: 0.107 s; (session 9, commit e6283e7, bsa_nvidia-h200_20261122-0222-rotate.md) rotated walks, each program
+starting its ascending walk at a key-range phase that advances with the launch order (one turn per 2 x SMs programs), so
+that the resident programs read the same region of K/V: 0.0705 s on iid and 0.0714 s on rope against 0.0688 / 0.0693 s
+(one turn per SM count: 0.0878 s on iid). What is left to reach 0.060 s: the iteration is a serial chain (wait for the
+box, QKᵀ, softmax, PV) per 64-row program and only two programs share an SM; a kernel that keeps two independent chains
+per SM busy (FA3's ping-pong of two warpgroups, or two query blocks per program) is the next step, not written.
 
 Grouped query blocks (``group_h`` x ``group_w`` > 1; why and what): fewer bytes per FLOP, i.e. more query rows per
 loaded K/V tile. A program therefore takes G = group_h * group_w
@@ -113,10 +116,7 @@ class BsaKernelConfig:
     selections, see the design note); tma: K/V tiles by TMA from a block-major copy (sm_90+; n_sub 1 or 2 (pairs of
     blocks per softmax update), no groups; see
     "TMA variant" in the design note); warp_specialize: Triton's automatic producer/consumer warp specialization of
-    the TMA loop; maxnreg: a register cap per thread for the TMA kernel (more programs per SM); rotate: R > 0 makes
-    the TMA kernel (one pass, one block per iteration) start each program's ascending walk at a phase of the key
-    range that advances with the launch order, one full turn per R x SMs programs (R = programs resident per SM),
-    so that the resident programs read the same region of K/V at a time (see "Rotated walks")."""
+    the TMA loop; maxnreg: a register cap per thread for the TMA kernel (more programs per SM)."""
 
     n_sub: int = 1
     num_warps: int = 4
@@ -127,7 +127,6 @@ class BsaKernelConfig:
     tma: bool = False
     warp_specialize: bool = False
     maxnreg: int | None = None
-    rotate: int = 0
 
     @property
     def group(self) -> int:
@@ -410,7 +409,6 @@ def _bsa_fwd_tma_kernel(
     q_grid_w,
     q_blocks_h,
     q_blocks_w,
-    rotate_period,
     CT: tl.constexpr,
     CH: tl.constexpr,
     CW: tl.constexpr,
@@ -420,8 +418,6 @@ def _bsa_fwd_tma_kernel(
     PAIRS: tl.constexpr,
     FIRST: tl.constexpr,
     LAST: tl.constexpr,
-    ROTATE: tl.constexpr = False,
-    K_MAX: tl.constexpr = 1,
 ):
     # The 64-row kernel above with its K/V gathers replaced by TMA tile loads: desc_k / desc_v describe block-major
     # K / V as [B * H * nk_blocks * BLOCK, HEAD_DIM] with [BLOCK, HEAD_DIM] boxes, so a selected key block is one
@@ -477,18 +473,7 @@ def _bsa_fwd_tma_kernel(
             acc = tl.dot(p_b.to(v_b.dtype), v_b, acc, input_precision=DOT_PRECISION)
             m_i = m_new
         start = start + 2 * n_pairs
-    first = start
-    if ROTATE:  # one pass: start the walk at the first selected block at or after this program's phase, wrap around
-        lin = pid_bh * tl.num_programs(0) + pid_q
-        phase = ((lin % rotate_period) * nk_blocks) // rotate_period
-        j = tl.arange(0, K_MAX)
-        listed = tl.load(idx_row + j, mask=j < end, other=0)
-        first = tl.sum(((listed < phase) & (j < end)).to(tl.int32), axis=0)
-    for it in tl.range(start, end, warp_specialize=WARP_SPECIALIZE):
-        slot = it
-        if ROTATE:
-            slot = it + first
-            slot = tl.where(slot >= end, slot - end, slot)
+    for slot in tl.range(start, end, warp_specialize=WARP_SPECIALIZE):
         row = (kv_row0 + tl.load(idx_row + slot)) * BLOCK
         k = desc_k.load([row, 0])
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
@@ -568,10 +553,6 @@ def bsa_forward(
     if cfg.tma and q.is_cuda and torch.cuda.get_device_capability(q.device)[0] < 9:
         raise ValueError("the TMA kernel needs an sm_90+ GPU (Hopper or newer); use BsaKernelConfig(tma=False)")
     passes = cfg.kv_passes or auto_kv_passes(k)
-    if cfg.rotate and not (cfg.tma and cfg.n_sub == 1 and passes == 1 and order != "as_given"):
-        raise ValueError(
-            f"rotate needs the TMA kernel with one block per iteration, one pass, a sorted list; got {cfg}"
-        )
     if order not in ("sort", "sorted", "as_given") or (order == "as_given" and (passes > 1 or cfg.group > 1)):
         raise ValueError(
             f"order must be 'sort' or 'sorted' ('as_given' needs kv_passes=1 and no groups); got {order!r}, {passes}"
@@ -653,12 +634,11 @@ def _launch_tma(q, k, v, out, idx, bounds, state, q_hw, latent_k, chunk, cfg, gr
             q, *descs, out, idx, bounds[p], bounds[p + 1], acc, m_state, l_state,
             q.stride(0), q.stride(1), q.stride(2), out.stride(0), out.stride(1), out.stride(2),
             idx.stride(0), idx.stride(1), idx.stride(2), bounds[-1].stride(0), bounds[-1].stride(1),
-            heads, sq, sk // block, _LOG2E / math.sqrt(d), hq, wq, hq // ch, wq // cw, _rotate_period(q, cfg),
+            heads, sq, sk // block, _LOG2E / math.sqrt(d), hq, wq, hq // ch, wq // cw,
         )
         # fmt: on
         meta = dict(CT=ct, CH=ch, CW=cw, HEAD_DIM=d, DOT_PRECISION=precision, WARP_SPECIALIZE=cfg.warp_specialize)
         meta["PAIRS"] = cfg.n_sub == 2
-        meta.update(ROTATE=cfg.rotate > 0, K_MAX=triton.next_power_of_2(idx.shape[-1]))
         meta.update(FIRST=p == 0, LAST=p == passes - 1, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         if cfg.maxnreg:
             meta["maxnreg"] = cfg.maxnreg
@@ -729,14 +709,6 @@ def blocks_and_means(x: torch.Tensor, latent_shape, chunk, *, store: bool = True
     else:
         _blocks_means_kernel[grid](*args, **meta)
     return out, mean
-
-
-def _rotate_period(q: torch.Tensor, cfg: BsaKernelConfig) -> int:
-    """Programs per turn of the rotated walks: ``cfg.rotate`` x the GPU's SMs (on CPU, interpreter runs: x 4)."""
-    if not cfg.rotate:
-        return 1
-    sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 4
-    return cfg.rotate * sms
 
 
 def _pass_bounds(indices, counts, passes, latent_shape_k, chunk) -> list[torch.Tensor]:
