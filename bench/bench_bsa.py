@@ -615,6 +615,17 @@ def install_interpreter_shims():
     install()
 
 
+def _tma_configs(text: str) -> list[tuple]:
+    """'1,4,2,128;1,4,3,0' -> [(1, 4, 2, 128), (1, 4, 3, None)] (n_sub, warps, stages, maxnreg; 0 = no cap)."""
+    try:
+        rows = [tuple(int(v) for v in part.split(",")) for part in text.split(";") if part.strip()]
+    except ValueError:
+        rows = []
+    if not rows or any(len(r) != 4 for r in rows):
+        raise argparse.ArgumentTypeError(f"expected 'n_sub,warps,stages,maxnreg;...', got {text!r}")
+    return [(n, w, st, r or None) for n, w, st, r in rows]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=os.environ.get("OUT") or str(REPO / "bench/results"))
@@ -624,6 +635,10 @@ def main():
         help="kernel configs: the gathered-load sweep, the TMA variant (beside the default gathered config), or both",
     )  # fmt: skip
     parser.add_argument("--smoke", action="store_true", help="toy sizes; CPU + TRITON_INTERPRET=1 without a GPU")
+    parser.add_argument(
+        "--tma-configs", type=_tma_configs, default=None, metavar="N,W,S,R;...",
+        help="TMA configs to sweep instead of the built-in lists: n_sub, warps, stages, maxnreg (0: none) per config",
+    )  # fmt: skip
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":
@@ -637,7 +652,7 @@ def main():
     configs = [BsaKernelConfig(n_sub=a, num_warps=b, num_stages=c, group_h=g[0], group_w=g[1])
                for a, b, c, *g in ((*x, 1, 1) if len(x) == 3 else x for x in sweep)]  # fmt: skip
     tma = [BsaKernelConfig(n_sub=n, num_warps=w, num_stages=s, tma=True, maxnreg=r, kv_passes=1)
-           for n, w, s, r in (QUICK_TMA_SWEEP if quick else TMA_SWEEP)]  # fmt: skip
+           for n, w, s, r in (args.tma_configs or (QUICK_TMA_SWEEP if quick else TMA_SWEEP))]  # fmt: skip
     configs = {"gathered": configs, "tma": [BsaKernelConfig(), *tma], "all": configs + tma}[args.sweep]
     env = environment(device)
     tag = re.sub(r"[^a-z0-9]+", "_", env["gpu"].lower().replace("nvidia", "")).strip("_") or "gpu"
