@@ -52,20 +52,22 @@ with mbarriers instead of register-staged cp.async gathers. Same arithmetic, in 
 with one pass (iid), 0.072 s (rope), against 0.108 s; 6.1-6.3 TB/s of K/V at ~400 TFLOP/s, about the gather probe's 6.8
 TB/s for a head's full K/V. Measured and rejected: key-range passes (0.077-0.085 s: their state traffic costs more than
 the L2 locality gains), num_stages 1-3 (slower on iid, stages 1 with a 128-register cap is the fastest on rope inputs at
-0.0675 s but 0.085 s on iid), pairs of key blocks per softmax update (``n_sub=2``: 0.083-0.090 s, twice the shared
-memory), 8 warps (0.12-0.18 s: a 64-row tile cannot be split across two warpgroups), Triton 3.6's automatic warp
-specialization (does not compile with 4 warps; no faster with 8), and (session 6, commit 5f8486a, reverted in 88ed055;
-bsa_nvidia-h200_20261121-2233-waves.md) launch waves, to keep the resident programs walking the ascending key range in
-step so that their working set stays in the L2: launches of 264 / 528 / 2640 programs (one wave of 2 programs per SM (82
-KB of shared memory each, 138 registers), two waves, one head): 0.0776 / 0.0777 / 0.0752 s on iid against 0.0767 s for
-one launch of the same refactored kernel in the same run (0.0723 s for the unrefactored one in session 4); a persistent
-grid of 264 programs striding over the work items: 0.0733 s on iid but 0.0951 s on rope (0.0759 s for one launch), 132
-programs: 0.107 s; (session 9, commit e6283e7, bsa_nvidia-h200_20261122-0222-rotate.md) rotated walks, each program
-starting its ascending walk at a key-range phase that advances with the launch order (one turn per 2 x SMs programs), so
-that the resident programs read the same region of K/V: 0.0705 s on iid and 0.0714 s on rope against 0.0688 / 0.0693 s
-(one turn per SM count: 0.0878 s on iid). What is left to reach 0.060 s: the iteration is a serial chain (wait for the
-box, QKᵀ, softmax, PV) per 64-row program and only two programs share an SM; a kernel that keeps two independent chains
-per SM busy (FA3's ping-pong of two warpgroups, or two query blocks per program) is the next step, not written.
+0.0675 s but 0.085 s on iid; session 9, bsa_nvidia-h200_20261122-0224-configs.md: stages 2-4 capped at 128 registers
+0.080-0.081 s, stages 3 uncapped 0.0700 s, against 0.0695-0.0702 s for the default), pairs of key blocks per softmax
+update (``n_sub=2``: 0.083-0.090 s, twice the shared memory), 8 warps (0.12-0.18 s: a 64-row tile cannot be split across
+two warpgroups), Triton 3.6's automatic warp specialization (does not compile with 4 warps; no faster with 8), and
+(session 6, commit 5f8486a, reverted in 88ed055; bsa_nvidia-h200_20261121-2233-waves.md) launch waves, to keep the
+resident programs walking the ascending key range in step so that their working set stays in the L2: launches of 264 /
+528 / 2640 programs (one wave of 2 programs per SM (82 KB of shared memory each, 138 registers), two waves, one head):
+0.0776 / 0.0777 / 0.0752 s on iid against 0.0767 s for one launch of the same refactored kernel in the same run (0.0723
+s for the unrefactored one in session 4); a persistent grid of 264 programs striding over the work items: 0.0733 s on
+iid but 0.0951 s on rope (0.0759 s for one launch), 132 programs: 0.107 s; (session 9, commit e6283e7,
+bsa_nvidia-h200_20261122-0222-rotate.md) rotated walks, each program starting its ascending walk at a key-range phase
+that advances with the launch order (one turn per 2 x SMs programs), so that the resident programs read the same region
+of K/V: 0.0705 s on iid and 0.0714 s on rope against 0.0688 / 0.0693 s (one turn per SM count: 0.0878 s on iid). What is
+left to reach 0.060 s: the iteration is a serial chain (wait for the box, QKᵀ, softmax, PV) per 64-row program and only
+two programs share an SM; a kernel that keeps two independent chains per SM busy (FA3's ping-pong of two warpgroups, or
+two query blocks per program) is the next step, not written.
 
 Grouped query blocks (``group_h`` x ``group_w`` > 1; why and what): fewer bytes per FLOP, i.e. more query rows per
 loaded K/V tile. A program therefore takes G = group_h * group_w
