@@ -92,6 +92,7 @@ def cfg_name(cfg) -> str:
     group = f" group={cfg.group_h}x{cfg.group_w}" if cfg.group > 1 else ""
     tma = (" tma" + (" ws" if cfg.warp_specialize else "")) if cfg.tma else ""
     tma += f" maxnreg={cfg.maxnreg}" if cfg.maxnreg else ""
+    tma += f" gluon v{cfg.gluon}" if cfg.gluon else ""
     return f"n_sub={cfg.n_sub} warps={cfg.num_warps} stages={cfg.num_stages} passes={passes}{group}{tma}"
 
 
@@ -626,6 +627,21 @@ def _tma_configs(text: str) -> list[tuple]:
     return [(n, w, st, r or None) for n, w, st, r in rows]
 
 
+def _gluon_configs(text: str) -> list[tuple]:
+    """'2,3x3,v2:2x3' -> [(1, 2, 1), (1, 3, 3), (2, 2, 3)] (kernel version, ring depth, key-range passes)."""
+    rows = []
+    try:
+        for part in (p.strip() for p in text.split(",") if p.strip()):
+            version, _, rest = part.rpartition(":")
+            stages, passes = (int(v) for v in (rest + "x1").split("x")[:2])
+            rows.append((int(version.lstrip("v") or 1), stages, passes))
+    except ValueError:
+        rows = []
+    if not rows or any(v not in (1, 2) or st < 2 or p < 1 for v, st, p in rows):
+        raise argparse.ArgumentTypeError(f"expected '[v1:|v2:]stages[xpasses],...' (stages >= 2), got {text!r}")
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=os.environ.get("OUT") or str(REPO / "bench/results"))
@@ -638,6 +654,10 @@ def main():
     parser.add_argument(
         "--tma-configs", type=_tma_configs, default=None, metavar="N,W,S,R;...",
         help="TMA configs to sweep instead of the built-in lists: n_sub, warps, stages, maxnreg (0: none) per config",
+    )  # fmt: skip
+    parser.add_argument(
+        "--gluon", type=_gluon_configs, default=[], metavar="[vV:]S[xP],...",
+        help="also sweep the Gluon kernel (lc_runtime/ops/gluon_bsa.py): version V (1), ring depth S, passes P (1)",
     )  # fmt: skip
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -653,6 +673,7 @@ def main():
                for a, b, c, *g in ((*x, 1, 1) if len(x) == 3 else x for x in sweep)]  # fmt: skip
     tma = [BsaKernelConfig(n_sub=n, num_warps=w, num_stages=s, tma=True, maxnreg=r, kv_passes=1)
            for n, w, s, r in (args.tma_configs or (QUICK_TMA_SWEEP if quick else TMA_SWEEP))]  # fmt: skip
+    tma += [BsaKernelConfig(num_stages=st, tma=True, kv_passes=p, gluon=ver) for ver, st, p in args.gluon]
     configs = {"gathered": configs, "tma": [BsaKernelConfig(), *tma], "all": configs + tma}[args.sweep]
     env = environment(device)
     tag = re.sub(r"[^a-z0-9]+", "_", env["gpu"].lower().replace("nvidia", "")).strip("_") or "gpu"

@@ -118,7 +118,10 @@ class BsaKernelConfig:
     selections, see the design note); tma: K/V tiles by TMA from a block-major copy (sm_90+; n_sub 1 or 2 (pairs of
     blocks per softmax update), no groups; see
     "TMA variant" in the design note); warp_specialize: Triton's automatic producer/consumer warp specialization of
-    the TMA loop; maxnreg: a register cap per thread for the TMA kernel (more programs per SM)."""
+    the TMA loop; maxnreg: a register cap per thread for the TMA kernel (more programs per SM); gluon: 1 or 2, the
+    TMA kernel software-pipelined by hand in Gluon (gluon_bsa.py; 2: Q held in registers; needs tma, n_sub 1, 4
+    warps; num_stages = its K and V ring depth), used where it applies (sm_90, bf16/fp16, 64-token blocks, head_dim
+    64..256), the Triton TMA kernel elsewhere."""
 
     n_sub: int = 1
     num_warps: int = 4
@@ -129,6 +132,7 @@ class BsaKernelConfig:
     tma: bool = False
     warp_specialize: bool = False
     maxnreg: int | None = None
+    gluon: int = 0
 
     @property
     def group(self) -> int:
@@ -140,6 +144,10 @@ DEFAULT_CONFIG = BsaKernelConfig()
 # Hopper and newer: the TMA kernel, one pass (bench/results/bsa_nvidia-h200_20261121-1819-tma.md: 0.072 s at the 720p
 # refine shape against 0.108 s for DEFAULT_CONFIG; key-range passes and pairs of blocks per update were slower).
 TMA_CONFIG = BsaKernelConfig(num_stages=4, kv_passes=1, tma=True)
+# sm_90 (Hopper): the Gluon kernel (gluon_bsa.py; version 2: Q in registers), K/V rings of 3 boxes, key-range passes
+# as the L2 size suggests (3 on an H200). bench/results/bsa_kernel_probe_nvidia-h200_20261122-*.json: 0.064 s on iid
+# selections against 0.070 s for TMA_CONFIG in the same run; 0.058 s against 0.065 s from an L2-resident slice.
+GLUON_CONFIG = BsaKernelConfig(num_stages=3, kv_passes=None, tma=True, gluon=2)
 # Grouped variant: pairs of w-neighbouring query blocks, 128-row tiles over the union of their selections (two
 # warpgroups). Wins when neighbours share selections (real / RoPE-structured heads), loses on iid inputs.
 GROUPED_CONFIG = BsaKernelConfig(num_warps=8, num_stages=3, group_w=2)
@@ -155,13 +163,29 @@ def set_default_config(config: BsaKernelConfig | None) -> BsaKernelConfig | None
 
 
 def default_config(q: torch.Tensor) -> BsaKernelConfig:
-    """The launch configuration the op uses for ``q``: an override (:func:`set_default_config`), else the TMA
-    kernel on sm_90+ GPUs, else the gathered kernel."""
+    """The launch configuration the op uses for ``q``: an override (:func:`set_default_config`), else the Gluon
+    kernel on sm_90 GPUs (when this Triton has Gluon), the Triton TMA kernel on other sm_90+ GPUs, else the gathered
+    kernel."""
     if _override is not None:
         return _override
     if q.is_cuda and torch.cuda.get_device_capability(q.device)[0] >= 9:
-        return TMA_CONFIG
+        return GLUON_CONFIG if _gluon_runs_on(q.device) else TMA_CONFIG
     return DEFAULT_CONFIG
+
+
+def _gluon_runs_on(device: torch.device) -> bool:
+    """Whether the Gluon kernel can run on ``device``: an sm_90 GPU (its wgmma is Hopper's) and a Triton whose Gluon
+    API the kernel was written for (Triton 3.6; an older or newer one without it falls back to the Triton kernels)."""
+    return torch.cuda.get_device_capability(device)[0] == 9 and _gluon_module() is not None
+
+
+@functools.lru_cache
+def _gluon_module():
+    try:
+        from lc_runtime.ops import gluon_bsa
+    except (ImportError, AttributeError):
+        return None
+    return gluon_bsa
 
 
 @triton.jit
@@ -552,6 +576,8 @@ def bsa_forward(
         raise ValueError(f"group_h * group_w must be a power of two; got {cfg.group_h} x {cfg.group_w}")
     if cfg.tma and (cfg.group > 1 or cfg.n_sub not in (1, 2)):
         raise ValueError(f"the TMA kernel takes one or two key blocks per iteration and no groups; got {cfg}")
+    if cfg.gluon not in (0, 1, 2) or cfg.gluon and not (cfg.tma and cfg.n_sub == 1 and cfg.num_warps == 4):
+        raise ValueError(f"the Gluon kernel (version 1 or 2) is a TMA kernel of 4 warps, one block per step; got {cfg}")
     if cfg.tma and q.is_cuda and torch.cuda.get_device_capability(q.device)[0] < 9:
         raise ValueError("the TMA kernel needs an sm_90+ GPU (Hopper or newer); use BsaKernelConfig(tma=False)")
     passes = cfg.kv_passes or auto_kv_passes(k)
@@ -630,6 +656,9 @@ def _launch_tma(q, k, v, out, idx, bounds, state, q_hw, latent_k, chunk, cfg, gr
         descs.append(TensorDescriptor(blocked, [bsz * heads * sk, d], [d, 1], [block, d]))
     acc, m_state, l_state = state
     passes = len(bounds) - 1
+    if cfg.gluon and q.is_cuda and _gluon_runs_on(q.device) and _gluon_module().supports(q, chunk):
+        _gluon_module().launch(q, kv_blocks, out, idx, bounds, state, q_hw, chunk, cfg.num_stages, grid, cfg.gluon == 2)
+        return
     for p in range(passes):
         # fmt: off
         args = (

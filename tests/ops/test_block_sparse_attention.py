@@ -179,7 +179,7 @@ def test_reference_matches_golden_output(golden, name):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the Triton kernels)")
 @pytest.mark.parametrize("name", GOLDEN_CASES)
 def test_op_on_cuda_matches_golden(golden, name):
-    """The op on the GPU with its default launch configuration (the TMA kernel on sm_90+) and every kernel variant:
+    """The op on the GPU with its default launch configuration (the Gluon kernel on sm_90) and every kernel variant:
     the golden selection exactly, outputs within bf16 precision of the fp32 reference."""
     from lc_runtime.ops import triton_bsa
 
@@ -190,11 +190,15 @@ def test_op_on_cuda_matches_golden(golden, name):
     idx, counts = select_blocks_raster(qc, kc, lq, lk, meta["sparsity"], None, chunk)
     assert torch.equal(idx.cpu(), gold_idx) and torch.equal(counts.cpu(), gold_lens)
     hopper = torch.cuda.get_device_capability()[0] >= 9
-    assert triton_bsa.default_config(qc) == (triton_bsa.TMA_CONFIG if hopper else triton_bsa.DEFAULT_CONFIG)
+    sm90 = torch.cuda.get_device_capability()[0] == 9
+    expected = triton_bsa.GLUON_CONFIG if sm90 else triton_bsa.TMA_CONFIG if hopper else triton_bsa.DEFAULT_CONFIG
+    assert triton_bsa.default_config(qc) == expected
     out = block_sparse_attention(qc, kc, vc, lq, lk, meta["sparsity"], None, chunk)
     assert_within_precision(out.cpu(), ref32, ref16, f"{name}: op (default config) on CUDA")
     configs = [triton_bsa.DEFAULT_CONFIG, triton_bsa.GROUPED_CONFIG]
     configs += [triton_bsa.TMA_CONFIG, triton_bsa.BsaKernelConfig(n_sub=2, tma=True, kv_passes=2)] if hopper else []
+    gluon = [(1, 2, 1), (1, 3, 1), (1, 2, 2), (2, 2, 1), (2, 3, 3)]  # (version, ring depth, key-range passes)
+    configs += [triton_bsa.BsaKernelConfig(num_stages=s, tma=True, kv_passes=p, gluon=g) for g, s, p in gluon] * hopper
     for cfg in configs:
         out = triton_bsa.bsa_forward(qc, kc, vc, idx, counts, lq, lk, chunk, cfg)
         assert_within_precision(out.cpu(), ref32, ref16, f"{name}: {cfg}")
@@ -421,6 +425,54 @@ def test_triton_tma_config_refuses_groups_and_wide_tiles(cfg):
     idx, counts = select_blocks_raster(q, q, (2, 8, 8), (2, 8, 8), 0.5, None, (2, 4, 8))
     with pytest.raises(ValueError, match="TMA kernel"):
         bsa_forward(q, q, q, idx, counts, (2, 8, 8), (2, 8, 8), (2, 4, 8), BsaKernelConfig(**cfg))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed (not a dependency)")
+@pytest.mark.parametrize(
+    "cfg", [dict(tma=False, gluon=1), dict(tma=True, gluon=1, n_sub=2), dict(tma=True, gluon=3, num_stages=3)]
+)
+def test_gluon_config_refuses_what_the_kernel_is_not(cfg):
+    from lc_runtime.ops.triton_bsa import BsaKernelConfig, bsa_forward
+
+    q = torch.randn(1, 1, 128, 32)
+    idx, counts = select_blocks_raster(q, q, (2, 8, 8), (2, 8, 8), 0.5, None, (2, 4, 8))
+    with pytest.raises(ValueError, match="the Gluon kernel"):
+        bsa_forward(q, q, q, idx, counts, (2, 8, 8), (2, 8, 8), (2, 4, 8), BsaKernelConfig(**cfg))
+
+
+def _cubin_resources(kernel) -> dict:
+    """Registers, stack and local (spill) bytes of a compiled kernel's cubin, read by Triton's bundled cuobjdump."""
+    import tempfile
+
+    import triton
+
+    tool = Path(triton.__file__).parent / "backends/nvidia/bin/cuobjdump"
+    if not tool.exists():
+        pytest.skip("this Triton has no bundled cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(kernel.asm["cubin"])
+        f.flush()
+        text = subprocess.run([str(tool), "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
+    return {k: int(v) for k, v in re.findall(r"\b(REG|STACK|LOCAL):(\d+)", text)}
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed (not a dependency)")
+@pytest.mark.parametrize("qreg", [False, True], ids=["gluon1", "gluon2"])
+def test_gluon_kernel_compiles_for_sm90_two_programs_per_sm(qreg):
+    """The op's sm_90 kernel (Gluon, which the Triton interpreter cannot run) compiled for sm_90 without a GPU, in the
+    variants the op launches (first / middle / last key-range pass): no spills, and registers and shared memory for
+    two programs per SM (the occupancy its design and the H200 timings assume). The GPU tests check its results."""
+    try:
+        from lc_runtime.ops import gluon_bsa
+    except (ImportError, AttributeError) as e:  # a Triton without this Gluon API: the op falls back, nothing to build
+        pytest.skip(f"Gluon unavailable: {e}")
+    sm_shared, reserved = 228 * 1024, 1024  # per SM on sm_90; the driver reserves 1 KB per program
+    for first, last in ((True, True), (False, False), (False, True)):
+        kernel = gluon_bsa.compile_for_sm90(stages=3, first=first, last=last, qreg=qreg)
+        res = _cubin_resources(kernel)
+        assert res["LOCAL"] == 0 and res["STACK"] == 0, res
+        assert 2 * 128 * res["REG"] <= 65536, res
+        assert 2 * (kernel.metadata.shared + reserved) <= sm_shared, kernel.metadata.shared
 
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed (not a dependency)")

@@ -1,0 +1,298 @@
+"""Block-sparse attention forward in Gluon for Hopper (sm_90): the TMA kernel of triton_bsa.py with its loop
+software-pipelined by hand, as FlashAttention-3 does within a warpgroup. The op's kernel on sm_90 GPUs
+(``triton_bsa.GLUON_CONFIG``).
+
+Why: the Triton TMA kernel runs each 64-row program as one serial chain per selected key block (wait for the box,
+S = QKᵀ, softmax, O += PV), and Triton 3.6 waits for every wgmma right after issuing it. Here the wgmmas are issued
+asynchronously and the softmax of block j runs on the CUDA cores while the tensor cores compute PV of block j - 1:
+
+    iteration j:  issue S_j = Q K_jᵀ;  issue O += P_{j-1} V_{j-1};  wait for S_j;
+                  m, p_j, alpha_j, l from S_j (overlaps the PV wgmma);  wait for PV;  O *= alpha_j
+
+The arithmetic is that of the Triton kernels, in the same order: O_j = alpha_j O_{j-1} + P_j V_j with P_j rounded to
+the input dtype and fp32 accumulation (the rescale is applied to O after PV_{j-1} instead of as PV_j's accumulator
+input: the same product, rounded once). K and V boxes come by TMA from the block-major copies (triton_bsa's
+``blocks_and_means``) into rings of ``STAGES`` slots each; a K slot is refilled as soon as its QKᵀ has completed, a V
+slot as soon as its PV has, ``STAGES`` blocks ahead, from indices loaded an iteration earlier. One program per
+(query block, batch·head), one warpgroup, two programs per SM. ``QREG`` (config ``gluon=2``) keeps Q in registers as
+the A operand of QKᵀ (32 more registers, 195-200 in all; 16 KB less shared-memory read per block) instead of reading
+it from shared memory every block. Key-range passes carry (m, l, O) in fp32 between launches exactly as the Triton
+kernels do (the result is bitwise that of one pass; 2.8 GB of scratch at the 720p refine shape).
+
+Measured on an H200 at the 720p refine shape (bench/bsa_kernel_probe.py, bench/results/bsa_kernel_probe_*.json):
+from an L2-resident K/V slice, where the kernel's own speed shows, 0.058 s (v2, 3 slots) against 0.065 s for the
+Triton TMA kernel: ~500 TFLOP/s. On iid selections (K/V from the whole head, 86.5 MB, more than the L2) one pass is
+slower than the Triton kernel (0.074-0.078 s against 0.069-0.070 s: L2 misses bound both), three key-range passes
+(an L2-sized slice each) take 0.064 s. Tried and not kept: issuing QKᵀ of block j + 1 before the softmax of block j
+as well (two wgmmas in flight during the softmax, 207 registers): no faster (0.0603 s against 0.0601 s, L2-resident).
+
+Scope: bf16 / fp16, 64-token blocks, head_dim 64..256 (power of two); the op falls back to the Triton kernels
+otherwise. Reference: ``block_sparse_attention.sparse_attention_ref`` (the GPU tests compare the two and the goldens;
+CPU tests compile this kernel for sm_90 and check its resources, since the Triton interpreter does not run Gluon).
+"""
+
+import math
+
+import torch
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared,
+    mbarrier,
+    tma,
+    warpgroup_mma,
+    warpgroup_mma_wait,
+)
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+_LOG2E = 1.4426950408889634
+BLOCK_ROWS = 64  # one warpgroup's wgmma M: query and key blocks of 64 tokens
+_CONSTEXPRS = ("CT", "CH", "CW", "HEAD_DIM", "STAGES", "FIRST", "LAST", "QREG")
+
+
+@gluon.jit
+def _issue_kv(desc, ring, bars, slot, row, pred):
+    bar = bars.index(slot)
+    mbarrier.expect(bar, desc.block_type.nbytes, pred=pred)
+    tma.async_copy_global_to_shared(desc, [row, 0], bar, ring.index(slot), pred=pred)
+
+
+@gluon.jit(do_not_specialize=["num_heads", "seq_q", "nk_blocks", "q_grid_h", "q_grid_w", "q_blocks_h", "q_blocks_w"])
+def _bsa_fwd_gluon_kernel(
+    Q,
+    desc_k,
+    desc_v,
+    O,
+    IDX,
+    START,
+    END,
+    ACC,
+    M_STATE,
+    L_STATE,
+    stride_qb,
+    stride_qh,
+    stride_qs,
+    stride_ob,
+    stride_oh,
+    stride_os,
+    stride_ib,
+    stride_ih,
+    stride_iq,
+    stride_cb,
+    stride_ch,
+    num_heads,
+    seq_q,
+    nk_blocks,
+    qk_scale,
+    q_grid_h,
+    q_grid_w,
+    q_blocks_h,
+    q_blocks_w,
+    CT: gl.constexpr,
+    CH: gl.constexpr,
+    CW: gl.constexpr,
+    HEAD_DIM: gl.constexpr,
+    STAGES: gl.constexpr,
+    FIRST: gl.constexpr,
+    LAST: gl.constexpr,
+    QREG: gl.constexpr,
+):
+    BLOCK: gl.constexpr = CT * CH * CW
+    dtype: gl.constexpr = desc_k.dtype
+    # wgmma layouts: S = Q Kᵀ is [BLOCK, BLOCK] (instruction n = BLOCK), O is [BLOCK, HEAD_DIM]; P feeds PV from
+    # registers. Both accumulators spread rows over the four warps identically, so row vectors move between them
+    # without data movement.
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(
+        version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BLOCK, 16]
+    )
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(
+        version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, HEAD_DIM, 16]
+    )
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    s_rows: gl.constexpr = gl.SliceLayout(1, s_layout)
+    o_rows: gl.constexpr = gl.SliceLayout(1, o_layout)
+    load_layout: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])
+
+    pid_q = gl.program_id(0)
+    pid_bh = gl.program_id(1)
+    b = (pid_bh // num_heads).to(gl.int64)
+    h = (pid_bh % num_heads).to(gl.int64)
+    qt = pid_q // (q_blocks_h * q_blocks_w)
+    qh = (pid_q // q_blocks_w) % q_blocks_h
+    qw = pid_q % q_blocks_w
+
+    # Q: the query block's 64 raster rows (SPEC §5 step 1 order), gathered once into shared memory.
+    rb = gl.arange(0, BLOCK, layout=gl.SliceLayout(1, load_layout))
+    offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, load_layout))
+    q_rows = ((qt * CT + rb // (CH * CW)) * q_grid_h + qh * CH + (rb // CW) % CH) * q_grid_w + qw * CW + rb % CW
+    q_rows = q_rows.to(gl.int64)
+    q = gl.load(Q + b * stride_qb + h * stride_qh + q_rows[:, None] * stride_qs + offs_d[None, :])
+    q_smem = gl.allocate_shared_memory(dtype, [BLOCK, HEAD_DIM], desc_k.layout, q)
+    if QREG:  # Q as the register operand of QKᵀ (32 more registers, 16 KB less shared-memory traffic per block)
+        q_op = q_smem.load(gl.DotOperandLayout(operand_index=0, parent=s_layout, k_width=2))
+    else:
+        q_op = q_smem
+
+    k_ring = gl.allocate_shared_memory(dtype, [STAGES, BLOCK, HEAD_DIM], desc_k.layout)
+    v_ring = gl.allocate_shared_memory(dtype, [STAGES, BLOCK, HEAD_DIM], desc_v.layout)
+    k_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    v_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(STAGES):
+        mbarrier.init(k_bars.index(i), count=1)
+        mbarrier.init(v_bars.index(i), count=1)
+    fence_async_shared()
+
+    # online-softmax state: fresh, or carried from the previous key-range pass (fp32, rows in raster order)
+    state_rows = pid_bh.to(gl.int64) * seq_q + gl.convert_layout(q_rows, s_rows)
+    acc_ptrs = ACC + gl.convert_layout(state_rows, o_rows)[:, None] * HEAD_DIM
+    acc_ptrs = acc_ptrs + gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))[None, :]
+    sel = b * stride_cb + h * stride_ch + pid_q
+    if FIRST:
+        start = 0
+        m_i = gl.full([BLOCK], float("-inf"), gl.float32, s_rows)
+        l_i = gl.zeros([BLOCK], gl.float32, s_rows)
+        acc = gl.zeros([BLOCK, HEAD_DIM], gl.float32, o_layout)
+    else:
+        start = gl.load(START + sel)
+        m_i = gl.load(M_STATE + state_rows)
+        l_i = gl.load(L_STATE + state_rows)
+        acc = gl.load(acc_ptrs)
+    n = gl.load(END + sel) - start
+    idx_row = IDX + b * stride_ib + h * stride_ih + pid_q.to(gl.int64) * stride_iq + start
+    kv_row0 = pid_bh * nk_blocks
+
+    if n > 0:  # a row can select no block in a pass's key range: its state passes through
+        # prologue: the first STAGES blocks' K and V in flight
+        for i in gl.static_range(STAGES):
+            row = (kv_row0 + gl.load(idx_row + i, mask=i < n, other=0)) * BLOCK
+            _issue_kv(desc_k, k_ring, k_bars, i, row, i < n)
+            _issue_kv(desc_v, v_ring, v_bars, i, row, i < n)
+        # Box rows of the next refills, loaded an iteration before they are issued (a scalar load waited for at
+        # the issue would stall the softmax): the K refill of iteration j is block j + STAGES, the V refill block
+        # j - 1 + STAGES, i.e. the previous iteration's K refill.
+        k_row = (kv_row0 + gl.load(idx_row + STAGES, mask=n > STAGES, other=0)) * BLOCK
+        k_row_next = (kv_row0 + gl.load(idx_row + STAGES + 1, mask=n > STAGES + 1, other=0)) * BLOCK
+
+        # block 0: S_0, its softmax, and the rescale of a carried state (alpha = 0 on a fresh one)
+        s_zero = gl.zeros([BLOCK, BLOCK], gl.float32, s_layout)
+        mbarrier.wait(k_bars.index(0), 0)
+        s_tok = warpgroup_mma(q_op, k_ring.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+        s = warpgroup_mma_wait(0, deps=(s_tok,))
+        _issue_kv(desc_k, k_ring, k_bars, 0, k_row, n > STAGES)  # K slot 0 is free: block STAGES's K
+        v_row = k_row
+        k_row = k_row_next
+        m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale)
+        p = gl.exp2(s * qk_scale - m_new[:, None])
+        alpha = gl.exp2(m_i - m_new)
+        l_i = l_i * alpha + gl.sum(p, 1)
+        m_i = m_new
+        acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
+
+        for j in range(1, n):
+            slot = j % STAGES
+            prev = (j - 1) % STAGES
+            ahead = j + 1 + STAGES
+            k_row_next = (kv_row0 + gl.load(idx_row + ahead, mask=ahead < n, other=0)) * BLOCK
+            mbarrier.wait(k_bars.index(slot), (j // STAGES) & 1)
+            s_tok = warpgroup_mma(q_op, k_ring.index(slot).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+            mbarrier.wait(v_bars.index(prev), ((j - 1) // STAGES) & 1)
+            p_op = gl.convert_layout(p.to(dtype), p_layout)
+            o_tok = warpgroup_mma(p_op, v_ring.index(prev), acc, is_async=True)
+            s = warpgroup_mma_wait(1, deps=(s_tok,))
+            _issue_kv(desc_k, k_ring, k_bars, slot, k_row, j + STAGES < n)  # K slot free: block j + STAGES's K
+            m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale)
+            p = gl.exp2(s * qk_scale - m_new[:, None])
+            alpha = gl.exp2(m_i - m_new)
+            l_i = l_i * alpha + gl.sum(p, 1)
+            m_i = m_new
+            acc = warpgroup_mma_wait(0, deps=(o_tok,))
+            _issue_kv(desc_v, v_ring, v_bars, prev, v_row, j - 1 + STAGES < n)  # V slot free: j - 1 + STAGES's V
+            acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
+            v_row = k_row
+            k_row = k_row_next
+
+        # the last block's PV
+        last = (n - 1) % STAGES
+        mbarrier.wait(v_bars.index(last), ((n - 1) // STAGES) & 1)
+        p_op = gl.convert_layout(p.to(dtype), p_layout)
+        o_tok = warpgroup_mma(p_op, v_ring.index(last), acc, is_async=True)
+        acc = warpgroup_mma_wait(0, deps=(o_tok,))
+    for i in gl.static_range(STAGES):
+        mbarrier.invalidate(k_bars.index(i))
+        mbarrier.invalidate(v_bars.index(i))
+
+    if LAST:  # O / l (0 / 0 = NaN for a row that selected nothing at all, as in the Triton kernels)
+        out = acc / gl.convert_layout(l_i, o_rows)[:, None]
+        out = gl.convert_layout(out.to(dtype), load_layout)
+        gl.store(O + b * stride_ob + h * stride_oh + q_rows[:, None] * stride_os + offs_d[None, :], out)
+    else:
+        gl.store(M_STATE + state_rows, m_i)
+        gl.store(L_STATE + state_rows, l_i)
+        gl.store(acc_ptrs, acc)
+
+
+def supports(q: torch.Tensor, chunk) -> bool:
+    """Whether the Gluon kernel covers this call: bf16/fp16, 64-token blocks, head_dim 64..256 (power of two); the
+    caller checks the GPU (sm_90)."""
+    d = q.shape[-1]
+    block = math.prod(int(c) for c in chunk)
+    return q.dtype in (torch.bfloat16, torch.float16) and block == BLOCK_ROWS and 64 <= d <= 256 and d & (d - 1) == 0
+
+
+def kv_descriptors(kv_blocks, d: int):
+    """Gluon TMA descriptors over block-major K and V ([rows, d], one [64, d] box per key block)."""
+    dtype = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}[kv_blocks[0].dtype]
+    layout = gl.NVMMASharedLayout.get_default_for([BLOCK_ROWS, d], dtype)
+    return [TensorDescriptor(x, list(x.shape), [d, 1], [BLOCK_ROWS, d], layout) for x in kv_blocks]
+
+
+def launch(q, kv_blocks, out, idx, bounds, state, q_hw, chunk, stages: int, grid, qreg: bool = False) -> None:
+    """Run the kernel's key-range passes: q [B, H, Sq, D] raster order, ``kv_blocks`` the block-major K and V,
+    ``idx`` [B, H, Nq, K] int32 ascending selections, ``bounds`` the passes' list positions (triton_bsa's
+    ``_pass_bounds``: [B, H, Nq] int32 each, the last one the counts) and ``state`` the fp32 (acc, m, l) scratch the
+    passes hand on (unused with one pass). Rows without any block come out NaN (0 / 0, as in the Triton kernels)."""
+    bsz, heads, sq, d = q.shape
+    ct, ch, cw = (int(c) for c in chunk)
+    hq, wq = q_hw
+    desc_k, desc_v = kv_descriptors(kv_blocks, d)
+    nk_blocks = kv_blocks[0].shape[0] // (bsz * heads * BLOCK_ROWS)
+    passes = len(bounds) - 1
+    for r in range(passes):
+        # fmt: off
+        args = (
+            q, desc_k, desc_v, out, idx, bounds[r], bounds[r + 1], *state,
+            q.stride(0), q.stride(1), q.stride(2), out.stride(0), out.stride(1), out.stride(2),
+            idx.stride(0), idx.stride(1), idx.stride(2), bounds[-1].stride(0), bounds[-1].stride(1),
+            heads, sq, nk_blocks, _LOG2E / math.sqrt(d), hq, wq, hq // ch, wq // cw,
+        )
+        # fmt: on
+        meta = dict(CT=ct, CH=ch, CW=cw, HEAD_DIM=d, STAGES=stages, FIRST=r == 0, LAST=r == passes - 1, QREG=qreg)
+        with torch.cuda.device(q.device):
+            _bsa_fwd_gluon_kernel[grid](*args, **meta, num_warps=4)
+
+
+def compile_for_sm90(stages=2, head_dim=128, dtype=torch.bfloat16, first=True, last=True, qreg=False):
+    """Compile the kernel for sm_90 without a GPU (Triton's bundled ptxas): the compiled kernel, whose ``n_regs``,
+    ``metadata.shared`` and ``asm`` the CPU tests read."""
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+    from triton.runtime.jit import mangle_type
+
+    rows = 4 * BLOCK_ROWS
+    blocks = [torch.empty(rows, head_dim, dtype=dtype) for _ in range(2)]
+    desc_k, desc_v = kv_descriptors(blocks, head_dim)
+    ptr = "*" + {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+    fn = _bsa_fwd_gluon_kernel
+    signature = {}
+    for name in fn.arg_names:
+        signature[name] = "constexpr" if name in _CONSTEXPRS else "i32"
+    signature.update(Q=ptr, O=ptr, IDX="*i32", START="*i32", END="*i32", qk_scale="fp32")
+    signature.update(ACC="*fp32", M_STATE="*fp32", L_STATE="*fp32")
+    signature.update(desc_k=mangle_type(desc_k), desc_v=mangle_type(desc_v))
+    constexprs = {(fn.arg_names.index(k),): v for k, v in dict(CT=4, CH=4, CW=4, HEAD_DIM=head_dim).items()}
+    constexprs.update(
+        {(fn.arg_names.index(k),): v for k, v in dict(STAGES=stages, FIRST=first, LAST=last, QREG=qreg).items()}
+    )
+    src = GluonASTSource(fn, signature, constexprs)
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
