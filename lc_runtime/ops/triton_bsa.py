@@ -64,10 +64,13 @@ s for the unrefactored one in session 4); a persistent grid of 264 programs stri
 iid but 0.0951 s on rope (0.0759 s for one launch), 132 programs: 0.107 s; (session 9, commit e6283e7,
 bsa_nvidia-h200_20261122-0222-rotate.md) rotated walks, each program starting its ascending walk at a key-range phase
 that advances with the launch order (one turn per 2 x SMs programs), so that the resident programs read the same region
-of K/V: 0.0705 s on iid and 0.0714 s on rope against 0.0688 / 0.0693 s (one turn per SM count: 0.0878 s on iid). What is
-left to reach 0.060 s: the iteration is a serial chain (wait for the box, QKᵀ, softmax, PV) per 64-row program and only
-two programs share an SM; a kernel that keeps two independent chains per SM busy (FA3's ping-pong of two warpgroups, or
-two query blocks per program) is the next step, not written.
+of K/V: 0.0705 s on iid and 0.0714 s on rope against 0.0688 / 0.0693 s (one turn per SM count: 0.0878 s on iid). The
+iteration is a serial chain (wait for the box, QKᵀ, softmax, PV) per 64-row program, two programs per SM: from an
+L2-resident K/V slice this kernel takes 0.065 s. Session 10 wrote that loop by hand in Gluon (gluon_bsa.py, the sm_90
+default): async wgmma, the softmax of block j overlapping PV of block j - 1, 0.058 s from the L2-resident slice; with
+its compute faster, key-range passes now pay (iid: 0.064 s in 3 passes against 0.073 s in one). Left to reach 0.060 s
+on iid inputs: a kernel faster than ~500 TFLOP/s on these 64 x 64 tiles (FA3's two consumer warpgroups and a producer
+warp, ping-pong scheduled), not written.
 
 Grouped query blocks (``group_h`` x ``group_w`` > 1; why and what): fewer bytes per FLOP, i.e. more query rows per
 loaded K/V tile. A program therefore takes G = group_h * group_w
