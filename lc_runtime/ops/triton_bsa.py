@@ -651,17 +651,16 @@ def _launch_tma(q, k, v, out, idx, bounds, state, q_hw, latent_k, chunk, cfg, gr
     (hq, wq), sk = q_hw, k.shape[2]
     if kv_blocks is None:
         kv_blocks = tuple(blocks_and_means(x, latent_k, chunk, pool=False)[0] for x in (k, v))
-    descs = []
     for blocked in kv_blocks:
         if blocked.shape != (bsz * heads * sk, d) or not blocked.is_contiguous() or blocked.dtype != k.dtype:
             raise ValueError(f"kv_blocks must be contiguous [{bsz * heads * sk}, {d}] {k.dtype}; got "
                              f"{list(blocked.shape)} {blocked.dtype}")  # fmt: skip
-        descs.append(TensorDescriptor(blocked, [bsz * heads * sk, d], [d, 1], [block, d]))
-    acc, m_state, l_state = state
-    passes = len(bounds) - 1
     if cfg.gluon and q.is_cuda and _gluon_runs_on(q.device) and _gluon_module().supports(q, chunk):
         _gluon_module().launch(q, kv_blocks, out, idx, bounds, state, q_hw, chunk, cfg.num_stages, grid, cfg.gluon == 2)
         return
+    descs = [TensorDescriptor(blocked, [bsz * heads * sk, d], [d, 1], [block, d]) for blocked in kv_blocks]
+    acc, m_state, l_state = state
+    passes = len(bounds) - 1
     for p in range(passes):
         # fmt: off
         args = (

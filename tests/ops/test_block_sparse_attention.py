@@ -417,26 +417,22 @@ def test_triton_kernel_in_interpreter():
 
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed (not a dependency)")
-@pytest.mark.parametrize("cfg", [dict(tma=True, group_w=2), dict(tma=True, n_sub=4)])
-def test_triton_tma_config_refuses_groups_and_wide_tiles(cfg):
-    from lc_runtime.ops.triton_bsa import BsaKernelConfig, bsa_forward
-
-    q = torch.randn(1, 1, 128, 32)
-    idx, counts = select_blocks_raster(q, q, (2, 8, 8), (2, 8, 8), 0.5, None, (2, 4, 8))
-    with pytest.raises(ValueError, match="TMA kernel"):
-        bsa_forward(q, q, q, idx, counts, (2, 8, 8), (2, 8, 8), (2, 4, 8), BsaKernelConfig(**cfg))
-
-
-@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed (not a dependency)")
 @pytest.mark.parametrize(
-    "cfg", [dict(tma=False, gluon=1), dict(tma=True, gluon=1, n_sub=2), dict(tma=True, gluon=3, num_stages=3)]
+    "cfg, needle",
+    [
+        (dict(tma=True, group_w=2), "TMA kernel"),  # the TMA kernels take no groups and one or two blocks per step
+        (dict(tma=True, n_sub=4), "TMA kernel"),
+        (dict(tma=False, gluon=1), "the Gluon kernel"),  # the Gluon kernel: TMA, 4 warps, one block, version 1 or 2
+        (dict(tma=True, gluon=1, n_sub=2), "the Gluon kernel"),
+        (dict(tma=True, gluon=3, num_stages=3), "the Gluon kernel"),
+    ],
 )
-def test_gluon_config_refuses_what_the_kernel_is_not(cfg):
+def test_tma_and_gluon_configs_refuse_what_their_kernel_is_not(cfg, needle):
     from lc_runtime.ops.triton_bsa import BsaKernelConfig, bsa_forward
 
     q = torch.randn(1, 1, 128, 32)
     idx, counts = select_blocks_raster(q, q, (2, 8, 8), (2, 8, 8), 0.5, None, (2, 4, 8))
-    with pytest.raises(ValueError, match="the Gluon kernel"):
+    with pytest.raises(ValueError, match=needle):
         bsa_forward(q, q, q, idx, counts, (2, 8, 8), (2, 8, 8), (2, 4, 8), BsaKernelConfig(**cfg))
 
 
