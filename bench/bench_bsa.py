@@ -637,8 +637,8 @@ def _gluon_configs(text: str) -> list[tuple]:
             rows.append((int(version.lstrip("v") or 1), stages, passes))
     except ValueError:
         rows = []
-    if not rows or any(v not in (1, 2) or st < 2 or p < 1 for v, st, p in rows):
-        raise argparse.ArgumentTypeError(f"expected '[v1:|v2:]stages[xpasses],...' (stages >= 2), got {text!r}")
+    if not rows or any(v not in (1, 2, 3) or st < 2 or p < 1 for v, st, p in rows):
+        raise argparse.ArgumentTypeError(f"expected '[v1:|v2:|v3:]stages[xpasses],...' (stages >= 2), got {text!r}")
     return rows
 
 

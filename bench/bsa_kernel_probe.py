@@ -6,9 +6,9 @@ x 168,960 tokens, 165 of 2640 key blocks per query block, bf16) on two selection
 - ``l2``: 165 random key blocks among the first 330 of each head (10.8 MB per head): the same arithmetic, the same
   number of tile loads, but from an L2-resident slice: a bound on the kernel's own (compute and issue) speed.
 
-Kernels: the Triton TMA kernel (``TMA_CONFIG``), the Gluon kernel (``gluon_bsa.py``; v1: Q in shared memory, v2:
-Q in registers) at ring depths 2 and 3, one key-range pass and
-``--passes`` passes. The kernels run in rounds, alternating, so that clock and power drift hit
+Kernels: the Triton TMA kernel (``TMA_CONFIG``) and the Gluon kernel (``gluon_bsa.py``) in the ``--gluon`` versions
+and ring depths (v1: Q in shared memory, v2: Q in registers, v3: pairs of key blocks per softmax update), one
+key-range pass and ``--passes`` passes. The kernels run in rounds, alternating, so that clock and power drift hit
 them alike. Writes ``<out>/bsa_kernel_probe_<gpu>.json`` and prints a table.
 
     python bench/bsa_kernel_probe.py --out bench/results
@@ -44,6 +44,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=str(REPO / "bench/results"))
     ap.add_argument("--passes", default="2,3,4", help="key-range pass counts timed besides one pass")
+    ap.add_argument("--gluon", default="1:2,1:3,2:2,2:3,3:2,3:3", help="Gluon kernels timed, VERSION:RING_DEPTH,...")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--iters", type=int, default=3)
     args = ap.parse_args()
@@ -58,27 +59,34 @@ def main() -> None:
     out = torch.empty_like(q)
     gluon = triton_bsa.BsaKernelConfig(tma=True, kv_passes=1, gluon=1)
     configs = {"triton tma": triton_bsa.TMA_CONFIG}
-    for version in (1, 2):
-        for stages in (2, 3):
-            for p in [1, *(int(x) for x in args.passes.split(",") if x.strip())]:
-                cfg = dataclasses.replace(gluon, num_stages=stages, kv_passes=p, gluon=version)
-                configs[f"gluon v{version} stages={stages} passes={p}"] = cfg
+    for version, stages in (map(int, item.split(":")) for item in args.gluon.split(",") if item.strip()):
+        for p in [1, *(int(x) for x in args.passes.split(",") if x.strip())]:
+            cfg = dataclasses.replace(gluon, num_stages=stages, kv_passes=p, gluon=version)
+            configs[f"gluon v{version} stages={stages} passes={p}"] = cfg
     rows = []
     for kind in ("iid", "l2"):
         idx = selection(kind, HEADS, nb, nb, gen)
         times = {name: [] for name in configs}
+        diffs, first = {}, None
         for _ in range(args.rounds):
             for name, cfg in configs.items():
                 fn = lambda c=cfg, i=idx: triton_bsa.bsa_forward(  # noqa: E731
                     q, k, v, i, counts, GRID, GRID, CHUNK, c, out=out, order="sorted", kv_blocks=kv_blocks
                 )
                 fn()
+                if name not in diffs:  # every kernel against the first one's output (the Triton TMA kernel's)
+                    first = out.clone() if first is None else first
+                    diffs[name] = (out.float() - first.float()).abs().max().item()
                 times[name] += cuda_times(fn, args.iters)
         flops = 4 * HEADS * seq * K_SEL * 64 * D
         for name, ts in times.items():
             s = median(ts)
-            rows.append(dict(selection=kind, kernel=name, median_s=s, min_s=min(ts), tflops=flops / s / 1e12))
-            print(f"{kind:4s} {name:31s} median {s:.4f} s  min {min(ts):.4f} s  {flops / s / 1e12:.0f} TFLOP/s")
+            row = dict(selection=kind, kernel=name, median_s=s, min_s=min(ts), tflops=flops / s / 1e12)
+            rows.append(row | dict(max_abs_diff_vs_first=diffs[name]))
+            print(
+                f"{kind:4s} {name:31s} median {s:.4f} s  min {min(ts):.4f} s  {flops / s / 1e12:.0f} TFLOP/s  "
+                f"max |diff| vs {next(iter(configs))} {diffs[name]:.2e}"
+            )
     payload = dict(env=env_info(), grid=GRID, heads=HEADS, head_dim=D, k_sel=K_SEL, rows=rows)
     path = Path(args.out) / f"bsa_kernel_probe_{gpu_slug()}.json"
     path.parent.mkdir(parents=True, exist_ok=True)

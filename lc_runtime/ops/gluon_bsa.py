@@ -48,7 +48,6 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 _LOG2E = 1.4426950408889634
 BLOCK_ROWS = 64  # one warpgroup's wgmma M: query and key blocks of 64 tokens
-_CONSTEXPRS = ("CT", "CH", "CW", "HEAD_DIM", "STAGES", "FIRST", "LAST", "QREG")
 
 
 @gluon.jit
@@ -232,6 +231,208 @@ def _bsa_fwd_gluon_kernel(
         gl.store(acc_ptrs, acc)
 
 
+@gluon.jit
+def _softmax_pair(s_a, s_b, m_i, l_i, qk_scale):
+    """The online-softmax update for two key blocks at once: one running max over both, one rescale."""
+    m_new = gl.maximum(m_i, gl.max(gl.maximum(s_a, s_b), 1) * qk_scale)
+    p_a = gl.exp2(s_a * qk_scale - m_new[:, None])
+    p_b = gl.exp2(s_b * qk_scale - m_new[:, None])
+    alpha = gl.exp2(m_i - m_new)
+    l_new = l_i * alpha + gl.sum(p_a + p_b, 1)
+    return p_a, p_b, m_new, l_new, alpha
+
+
+@gluon.jit
+def _softmax_one(s, m_i, l_i, qk_scale):
+    m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale)
+    p = gl.exp2(s * qk_scale - m_new[:, None])
+    alpha = gl.exp2(m_i - m_new)
+    l_new = l_i * alpha + gl.sum(p, 1)
+    return p, m_new, l_new, alpha
+
+
+@gluon.jit(do_not_specialize=["num_heads", "seq_q", "nk_blocks", "q_grid_h", "q_grid_w", "q_blocks_h", "q_blocks_w"])
+def _bsa_fwd_gluon_pairs_kernel(
+    Q,
+    desc_k,
+    desc_v,
+    O,
+    IDX,
+    START,
+    END,
+    ACC,
+    M_STATE,
+    L_STATE,
+    stride_qb,
+    stride_qh,
+    stride_qs,
+    stride_ob,
+    stride_oh,
+    stride_os,
+    stride_ib,
+    stride_ih,
+    stride_iq,
+    stride_cb,
+    stride_ch,
+    num_heads,
+    seq_q,
+    nk_blocks,
+    qk_scale,
+    q_grid_h,
+    q_grid_w,
+    q_blocks_h,
+    q_blocks_w,
+    CT: gl.constexpr,
+    CH: gl.constexpr,
+    CW: gl.constexpr,
+    HEAD_DIM: gl.constexpr,
+    KS: gl.constexpr,
+    VS: gl.constexpr,
+    FIRST: gl.constexpr,
+    LAST: gl.constexpr,
+):
+    BLOCK: gl.constexpr = CT * CH * CW
+    dtype: gl.constexpr = desc_k.dtype
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(
+        version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BLOCK, 16]
+    )
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(
+        version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, HEAD_DIM, 16]
+    )
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    s_rows: gl.constexpr = gl.SliceLayout(1, s_layout)
+    o_rows: gl.constexpr = gl.SliceLayout(1, o_layout)
+    load_layout: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])
+
+    pid_q = gl.program_id(0)
+    pid_bh = gl.program_id(1)
+    b = (pid_bh // num_heads).to(gl.int64)
+    h = (pid_bh % num_heads).to(gl.int64)
+    qt = pid_q // (q_blocks_h * q_blocks_w)
+    qh = (pid_q // q_blocks_w) % q_blocks_h
+    qw = pid_q % q_blocks_w
+
+    rb = gl.arange(0, BLOCK, layout=gl.SliceLayout(1, load_layout))
+    offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, load_layout))
+    q_rows = ((qt * CT + rb // (CH * CW)) * q_grid_h + qh * CH + (rb // CW) % CH) * q_grid_w + qw * CW + rb % CW
+    q_rows = q_rows.to(gl.int64)
+    q = gl.load(Q + b * stride_qb + h * stride_qh + q_rows[:, None] * stride_qs + offs_d[None, :])
+    q_smem = gl.allocate_shared_memory(dtype, [BLOCK, HEAD_DIM], desc_k.layout, q)
+    q_op = q_smem.load(gl.DotOperandLayout(operand_index=0, parent=s_layout, k_width=2))
+
+    k_ring = gl.allocate_shared_memory(dtype, [KS, BLOCK, HEAD_DIM], desc_k.layout)
+    v_ring = gl.allocate_shared_memory(dtype, [VS, BLOCK, HEAD_DIM], desc_v.layout)
+    k_bars = gl.allocate_shared_memory(gl.int64, [KS, 1], mbarrier.MBarrierLayout())
+    v_bars = gl.allocate_shared_memory(gl.int64, [VS, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(KS):
+        mbarrier.init(k_bars.index(i), count=1)
+    for i in gl.static_range(VS):
+        mbarrier.init(v_bars.index(i), count=1)
+    fence_async_shared()
+
+    state_rows = pid_bh.to(gl.int64) * seq_q + gl.convert_layout(q_rows, s_rows)
+    acc_ptrs = ACC + gl.convert_layout(state_rows, o_rows)[:, None] * HEAD_DIM
+    acc_ptrs = acc_ptrs + gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))[None, :]
+    sel = b * stride_cb + h * stride_ch + pid_q
+    if FIRST:
+        start = 0
+        m_i = gl.full([BLOCK], float("-inf"), gl.float32, s_rows)
+        l_i = gl.zeros([BLOCK], gl.float32, s_rows)
+        acc = gl.zeros([BLOCK, HEAD_DIM], gl.float32, o_layout)
+    else:
+        start = gl.load(START + sel)
+        m_i = gl.load(M_STATE + state_rows)
+        l_i = gl.load(L_STATE + state_rows)
+        acc = gl.load(acc_ptrs)
+    n = gl.load(END + sel) - start
+    idx_row = IDX + b * stride_ib + h * stride_ih + pid_q.to(gl.int64) * stride_iq + start
+    kv_row0 = pid_bh * nk_blocks
+    s_zero = gl.zeros([BLOCK, BLOCK], gl.float32, s_layout)
+
+    for i in gl.static_range(KS):
+        row = (kv_row0 + gl.load(idx_row + i, mask=i < n, other=0)) * BLOCK
+        _issue_kv(desc_k, k_ring, k_bars, i, row, i < n)
+    for i in gl.static_range(VS):
+        row = (kv_row0 + gl.load(idx_row + i, mask=i < n, other=0)) * BLOCK
+        _issue_kv(desc_v, v_ring, v_bars, i, row, i < n)
+
+    npairs = n // 2
+    if npairs > 0:
+        # pair 0: its scores, softmax, and the rescale of a carried state (alpha = 0 on a fresh one)
+        kr_a = (kv_row0 + gl.load(idx_row + KS, mask=n > KS, other=0)) * BLOCK
+        kr_b = (kv_row0 + gl.load(idx_row + KS + 1, mask=n > KS + 1, other=0)) * BLOCK
+        mbarrier.wait(k_bars.index(0), 0)
+        sa_tok = warpgroup_mma(q_op, k_ring.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+        mbarrier.wait(k_bars.index(1 % KS), (1 // KS) & 1)
+        sb_tok = warpgroup_mma(q_op, k_ring.index(1 % KS).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+        s_a, s_b = warpgroup_mma_wait(0, deps=(sa_tok, sb_tok))
+        _issue_kv(desc_k, k_ring, k_bars, 0, kr_a, n > KS)
+        _issue_kv(desc_k, k_ring, k_bars, 1 % KS, kr_b, n > KS + 1)
+        p_a, p_b, m_i, l_i, alpha = _softmax_pair(s_a, s_b, m_i, l_i, qk_scale)
+        pa_op = gl.convert_layout(p_a.to(dtype), p_layout)
+        pb_op = gl.convert_layout(p_b.to(dtype), p_layout)
+        acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
+        for pj in range(1, npairs):
+            a = 2 * pj
+            # the rows of this iteration's refills, loaded before the waits that hide their latency
+            kr_a = (kv_row0 + gl.load(idx_row + a + KS, mask=a + KS < n, other=0)) * BLOCK
+            kr_b = (kv_row0 + gl.load(idx_row + a + 1 + KS, mask=a + 1 + KS < n, other=0)) * BLOCK
+            vr_a = (kv_row0 + gl.load(idx_row + a - 2 + VS, mask=a - 2 + VS < n, other=0)) * BLOCK
+            vr_b = (kv_row0 + gl.load(idx_row + a - 1 + VS, mask=a - 1 + VS < n, other=0)) * BLOCK
+            mbarrier.wait(k_bars.index(a % KS), (a // KS) & 1)
+            sa_tok = warpgroup_mma(q_op, k_ring.index(a % KS).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+            mbarrier.wait(k_bars.index((a + 1) % KS), ((a + 1) // KS) & 1)
+            sb_tok = warpgroup_mma(
+                q_op, k_ring.index((a + 1) % KS).permute((1, 0)), s_zero, use_acc=False, is_async=True
+            )
+            mbarrier.wait(v_bars.index((a - 2) % VS), ((a - 2) // VS) & 1)
+            o_tok = warpgroup_mma(pa_op, v_ring.index((a - 2) % VS), acc, is_async=True)
+            mbarrier.wait(v_bars.index((a - 1) % VS), ((a - 1) // VS) & 1)
+            o_tok = warpgroup_mma(pb_op, v_ring.index((a - 1) % VS), o_tok, is_async=True)
+            s_a, s_b = warpgroup_mma_wait(2, deps=(sa_tok, sb_tok))
+            _issue_kv(desc_k, k_ring, k_bars, a % KS, kr_a, a + KS < n)
+            _issue_kv(desc_k, k_ring, k_bars, (a + 1) % KS, kr_b, a + 1 + KS < n)
+            p_a, p_b, m_i, l_i, alpha = _softmax_pair(s_a, s_b, m_i, l_i, qk_scale)
+            pa_op_next = gl.convert_layout(p_a.to(dtype), p_layout)
+            pb_op_next = gl.convert_layout(p_b.to(dtype), p_layout)
+            acc = warpgroup_mma_wait(0, deps=(o_tok,))
+            _issue_kv(desc_v, v_ring, v_bars, (a - 2) % VS, vr_a, a - 2 + VS < n)
+            _issue_kv(desc_v, v_ring, v_bars, (a - 1) % VS, vr_b, a - 1 + VS < n)
+            acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
+            pa_op = pa_op_next
+            pb_op = pb_op_next
+        # the last pair's PV
+        a = 2 * npairs
+        mbarrier.wait(v_bars.index((a - 2) % VS), ((a - 2) // VS) & 1)
+        o_tok = warpgroup_mma(pa_op, v_ring.index((a - 2) % VS), acc, is_async=True)
+        mbarrier.wait(v_bars.index((a - 1) % VS), ((a - 1) // VS) & 1)
+        o_tok = warpgroup_mma(pb_op, v_ring.index((a - 1) % VS), o_tok, is_async=True)
+        acc = warpgroup_mma_wait(0, deps=(o_tok,))
+    if n % 2 == 1:  # an odd count: the last block on its own
+        c = n - 1
+        mbarrier.wait(k_bars.index(c % KS), (c // KS) & 1)
+        s_tok = warpgroup_mma(q_op, k_ring.index(c % KS).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+        s = warpgroup_mma_wait(0, deps=(s_tok,))
+        p, m_i, l_i, alpha = _softmax_one(s, m_i, l_i, qk_scale)
+        acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
+        mbarrier.wait(v_bars.index(c % VS), (c // VS) & 1)
+        o_tok = warpgroup_mma(gl.convert_layout(p.to(dtype), p_layout), v_ring.index(c % VS), acc, is_async=True)
+        acc = warpgroup_mma_wait(0, deps=(o_tok,))
+    for i in gl.static_range(KS):
+        mbarrier.invalidate(k_bars.index(i))
+    for i in gl.static_range(VS):
+        mbarrier.invalidate(v_bars.index(i))
+
+    if LAST:
+        out = acc / gl.convert_layout(l_i, o_rows)[:, None]
+        out = gl.convert_layout(out.to(dtype), load_layout)
+        gl.store(O + b * stride_ob + h * stride_oh + q_rows[:, None] * stride_os + offs_d[None, :], out)
+    else:
+        gl.store(M_STATE + state_rows, m_i)
+        gl.store(L_STATE + state_rows, l_i)
+        gl.store(acc_ptrs, acc)
+
+
 def supports(q: torch.Tensor, chunk) -> bool:
     """Whether the Gluon kernel covers this call: bf16/fp16, 64-token blocks, head_dim 64..256 (power of two); the
     caller checks the GPU (sm_90)."""
@@ -247,16 +448,19 @@ def kv_descriptors(kv_blocks, d: int):
     return [TensorDescriptor(x, list(x.shape), [d, 1], [BLOCK_ROWS, d], layout) for x in kv_blocks]
 
 
-def launch(q, kv_blocks, out, idx, bounds, state, q_hw, chunk, stages: int, grid, qreg: bool = False) -> None:
+def launch(q, kv_blocks, out, idx, bounds, state, q_hw, chunk, stages: int, grid, version: int = 3) -> None:
     """Run the kernel's key-range passes: q [B, H, Sq, D] raster order, ``kv_blocks`` the block-major K and V,
     ``idx`` [B, H, Nq, K] int32 ascending selections, ``bounds`` the passes' list positions (triton_bsa's
     ``_pass_bounds``: [B, H, Nq] int32 each, the last one the counts) and ``state`` the fp32 (acc, m, l) scratch the
-    passes hand on (unused with one pass). Rows without any block come out NaN (0 / 0, as in the Triton kernels)."""
+    passes hand on (unused with one pass). ``version`` 1 / 2: one key block per step (2: Q in registers), K and V
+    rings of ``stages`` boxes; 3: pairs of key blocks per step, K ring ``stages``, V ring ``stages + 1``. Rows
+    without any block come out NaN (0 / 0, as in the Triton kernels)."""
     bsz, heads, sq, d = q.shape
     ct, ch, cw = (int(c) for c in chunk)
     hq, wq = q_hw
     desc_k, desc_v = kv_descriptors(kv_blocks, d)
     nk_blocks = kv_blocks[0].shape[0] // (bsz * heads * BLOCK_ROWS)
+    kernel, rings = _kernel_and_rings(version, stages)
     passes = len(bounds) - 1
     for r in range(passes):
         # fmt: off
@@ -267,14 +471,20 @@ def launch(q, kv_blocks, out, idx, bounds, state, q_hw, chunk, stages: int, grid
             heads, sq, nk_blocks, _LOG2E / math.sqrt(d), hq, wq, hq // ch, wq // cw,
         )
         # fmt: on
-        meta = dict(CT=ct, CH=ch, CW=cw, HEAD_DIM=d, STAGES=stages, FIRST=r == 0, LAST=r == passes - 1, QREG=qreg)
+        meta = dict(CT=ct, CH=ch, CW=cw, HEAD_DIM=d, FIRST=r == 0, LAST=r == passes - 1, **rings)
         with torch.cuda.device(q.device):
-            _bsa_fwd_gluon_kernel[grid](*args, **meta, num_warps=4)
+            kernel[grid](*args, **meta, num_warps=4)
 
 
-def compile_for_sm90(stages=2, head_dim=128, dtype=torch.bfloat16, first=True, last=True, qreg=False):
-    """Compile the kernel for sm_90 without a GPU (Triton's bundled ptxas): the compiled kernel, whose ``n_regs``,
-    ``metadata.shared`` and ``asm`` the CPU tests read."""
+def _kernel_and_rings(version: int, stages: int):
+    if version == 3:
+        return _bsa_fwd_gluon_pairs_kernel, dict(KS=stages, VS=stages + 1)
+    return _bsa_fwd_gluon_kernel, dict(STAGES=stages, QREG=version == 2)
+
+
+def compile_for_sm90(version=3, stages=3, head_dim=128, dtype=torch.bfloat16, first=True, last=True):
+    """Compile a kernel version for sm_90 without a GPU (Triton's bundled ptxas): the compiled kernel, whose
+    ``asm`` and ``metadata.shared`` the CPU tests read."""
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
     from triton.runtime.jit import mangle_type
@@ -283,16 +493,11 @@ def compile_for_sm90(stages=2, head_dim=128, dtype=torch.bfloat16, first=True, l
     blocks = [torch.empty(rows, head_dim, dtype=dtype) for _ in range(2)]
     desc_k, desc_v = kv_descriptors(blocks, head_dim)
     ptr = "*" + {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
-    fn = _bsa_fwd_gluon_kernel
-    signature = {}
-    for name in fn.arg_names:
-        signature[name] = "constexpr" if name in _CONSTEXPRS else "i32"
+    fn, rings = _kernel_and_rings(version, stages)
+    constexprs = dict(CT=4, CH=4, CW=4, HEAD_DIM=head_dim, FIRST=first, LAST=last, **rings)
+    signature = {name: "constexpr" if name in constexprs else "i32" for name in fn.arg_names}
     signature.update(Q=ptr, O=ptr, IDX="*i32", START="*i32", END="*i32", qk_scale="fp32")
     signature.update(ACC="*fp32", M_STATE="*fp32", L_STATE="*fp32")
     signature.update(desc_k=mangle_type(desc_k), desc_v=mangle_type(desc_v))
-    constexprs = {(fn.arg_names.index(k),): v for k, v in dict(CT=4, CH=4, CW=4, HEAD_DIM=head_dim).items()}
-    constexprs.update(
-        {(fn.arg_names.index(k),): v for k, v in dict(STAGES=stages, FIRST=first, LAST=last, QREG=qreg).items()}
-    )
-    src = GluonASTSource(fn, signature, constexprs)
+    src = GluonASTSource(fn, signature, {(fn.arg_names.index(k),): v for k, v in constexprs.items()})
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})

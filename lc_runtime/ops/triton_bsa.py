@@ -121,9 +121,10 @@ class BsaKernelConfig:
     selections, see the design note); tma: K/V tiles by TMA from a block-major copy (sm_90+; n_sub 1 or 2 (pairs of
     blocks per softmax update), no groups; see
     "TMA variant" in the design note); warp_specialize: Triton's automatic producer/consumer warp specialization of
-    the TMA loop; maxnreg: a register cap per thread for the TMA kernel (more programs per SM); gluon: 1 or 2, the
-    TMA kernel software-pipelined by hand in Gluon (gluon_bsa.py; 2: Q held in registers; needs tma, n_sub 1, 4
-    warps; num_stages = its K and V ring depth), used where it applies (sm_90, bf16/fp16, 64-token blocks, head_dim
+    the TMA loop; maxnreg: a register cap per thread for the TMA kernel (more programs per SM); gluon: 1, 2 or 3,
+    the TMA kernel software-pipelined by hand in Gluon (gluon_bsa.py; 2: Q held in registers; 3: also pairs of key
+    blocks per softmax update; needs tma, n_sub 1, 4 warps; num_stages = its K and V ring depth, version 3's V ring
+    one deeper), used where it applies (sm_90, bf16/fp16, 64-token blocks, head_dim
     64..256), the Triton TMA kernel elsewhere."""
 
     n_sub: int = 1
@@ -147,10 +148,14 @@ DEFAULT_CONFIG = BsaKernelConfig()
 # Hopper and newer: the TMA kernel, one pass (bench/results/bsa_nvidia-h200_20261121-1819-tma.md: 0.072 s at the 720p
 # refine shape against 0.108 s for DEFAULT_CONFIG; key-range passes and pairs of blocks per update were slower).
 TMA_CONFIG = BsaKernelConfig(num_stages=4, kv_passes=1, tma=True)
-# sm_90 (Hopper): the Gluon kernel (gluon_bsa.py; version 2: Q in registers), K/V rings of 3 boxes, key-range passes
-# as the L2 size suggests (3 on an H200). bench/results/bsa_kernel_probe_nvidia-h200_20261122-*.json: 0.064 s on iid
-# selections against 0.070 s for TMA_CONFIG in the same run; 0.058 s against 0.065 s from an L2-resident slice.
-GLUON_CONFIG = BsaKernelConfig(num_stages=3, kv_passes=None, tma=True, gluon=2)
+# sm_90 (Hopper): the Gluon kernel (gluon_bsa.py; version 3: pairs of key blocks per softmax update, Q in registers),
+# a K ring of 3 boxes and a V ring of 4, one pass (no fp32 scratch). bench/results/bsa_h200_20261122-v3.md: kernel
+# 0.0617 s on iid inputs and 0.0570 s on RoPE-structured ones against 0.0622 / 0.0613 s in 3 key-range passes (2
+# passes: 0.0651 / 0.0604 s) and 0.0651 / 0.0643 s for version 2 in 3 passes, same run; from an L2-resident slice
+# (bsa_kernel_probe_nvidia-h200_20261122-v3.json) 0.0554-0.0560 s against 0.0592 s (v2) and 0.0656 s (TMA_CONFIG).
+# Only on uniformly random selections (the probe's iid, no popular key blocks) do passes still pay: 0.0634 s in 3
+# against 0.0723 s in one.
+GLUON_CONFIG = BsaKernelConfig(num_stages=3, kv_passes=1, tma=True, gluon=3)
 # Grouped variant: pairs of w-neighbouring query blocks, 128-row tiles over the union of their selections (two
 # warpgroups). Wins when neighbours share selections (real / RoPE-structured heads), loses on iid inputs.
 GROUPED_CONFIG = BsaKernelConfig(num_warps=8, num_stages=3, group_w=2)
@@ -579,8 +584,8 @@ def bsa_forward(
         raise ValueError(f"group_h * group_w must be a power of two; got {cfg.group_h} x {cfg.group_w}")
     if cfg.tma and (cfg.group > 1 or cfg.n_sub not in (1, 2)):
         raise ValueError(f"the TMA kernel takes one or two key blocks per iteration and no groups; got {cfg}")
-    if cfg.gluon not in (0, 1, 2) or cfg.gluon and not (cfg.tma and cfg.n_sub == 1 and cfg.num_warps == 4):
-        raise ValueError(f"the Gluon kernel (version 1 or 2) is a TMA kernel of 4 warps, one block per step; got {cfg}")
+    if cfg.gluon not in (0, 1, 2, 3) or cfg.gluon and not (cfg.tma and cfg.n_sub == 1 and cfg.num_warps == 4):
+        raise ValueError(f"the Gluon kernel (version 1, 2 or 3) is a TMA kernel of 4 warps, n_sub 1; got {cfg}")
     if cfg.tma and q.is_cuda and torch.cuda.get_device_capability(q.device)[0] < 9:
         raise ValueError("the TMA kernel needs an sm_90+ GPU (Hopper or newer); use BsaKernelConfig(tma=False)")
     passes = cfg.kv_passes or auto_kv_passes(k)
@@ -656,7 +661,7 @@ def _launch_tma(q, k, v, out, idx, bounds, state, q_hw, latent_k, chunk, cfg, gr
             raise ValueError(f"kv_blocks must be contiguous [{bsz * heads * sk}, {d}] {k.dtype}; got "
                              f"{list(blocked.shape)} {blocked.dtype}")  # fmt: skip
     if cfg.gluon and q.is_cuda and _gluon_runs_on(q.device) and _gluon_module().supports(q, chunk):
-        _gluon_module().launch(q, kv_blocks, out, idx, bounds, state, q_hw, chunk, cfg.num_stages, grid, cfg.gluon == 2)
+        _gluon_module().launch(q, kv_blocks, out, idx, bounds, state, q_hw, chunk, cfg.num_stages, grid, cfg.gluon)
         return
     descs = [TensorDescriptor(blocked, [bsz * heads * sk, d], [d, 1], [block, d]) for blocked in kv_blocks]
     acc, m_state, l_state = state

@@ -197,7 +197,8 @@ def test_op_on_cuda_matches_golden(golden, name):
     assert_within_precision(out.cpu(), ref32, ref16, f"{name}: op (default config) on CUDA")
     configs = [triton_bsa.DEFAULT_CONFIG, triton_bsa.GROUPED_CONFIG]
     configs += [triton_bsa.TMA_CONFIG, triton_bsa.BsaKernelConfig(n_sub=2, tma=True, kv_passes=2)] if hopper else []
-    gluon = [(1, 2, 1), (1, 3, 1), (1, 2, 2), (2, 2, 1), (2, 3, 3)]  # (version, ring depth, key-range passes)
+    # (version, ring depth, key-range passes)
+    gluon = [(1, 2, 1), (1, 3, 1), (1, 2, 2), (2, 2, 1), (2, 3, 3), (3, 2, 1), (3, 3, 1), (3, 3, 3)]
     configs += [triton_bsa.BsaKernelConfig(num_stages=s, tma=True, kv_passes=p, gluon=g) for g, s, p in gluon] * hopper
     for cfg in configs:
         out = triton_bsa.bsa_forward(qc, kc, vc, idx, counts, lq, lk, chunk, cfg)
@@ -424,7 +425,7 @@ def test_triton_kernel_in_interpreter():
         (dict(tma=True, n_sub=4), "TMA kernel"),
         (dict(tma=False, gluon=1), "the Gluon kernel"),  # the Gluon kernel: TMA, 4 warps, one block, version 1 or 2
         (dict(tma=True, gluon=1, n_sub=2), "the Gluon kernel"),
-        (dict(tma=True, gluon=3, num_stages=3), "the Gluon kernel"),
+        (dict(tma=True, gluon=4, num_stages=3), "the Gluon kernel"),
     ],
 )
 def test_tma_and_gluon_configs_refuse_what_their_kernel_is_not(cfg, needle):
@@ -453,8 +454,8 @@ def _cubin_resources(kernel) -> dict:
 
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed (not a dependency)")
-@pytest.mark.parametrize("qreg", [False, True], ids=["gluon1", "gluon2"])
-def test_gluon_kernel_compiles_for_sm90_two_programs_per_sm(qreg):
+@pytest.mark.parametrize("version", [1, 2, 3], ids=["gluon1", "gluon2", "gluon3"])
+def test_gluon_kernel_compiles_for_sm90_two_programs_per_sm(version):
     """The op's sm_90 kernel (Gluon, which the Triton interpreter cannot run) compiled for sm_90 without a GPU, in the
     variants the op launches (first / middle / last key-range pass): no spills, and registers and shared memory for
     two programs per SM (the occupancy its design and the H200 timings assume). The GPU tests check its results."""
@@ -464,7 +465,7 @@ def test_gluon_kernel_compiles_for_sm90_two_programs_per_sm(qreg):
         pytest.skip(f"Gluon unavailable: {e}")
     sm_shared, reserved = 228 * 1024, 1024  # per SM on sm_90; the driver reserves 1 KB per program
     for first, last in ((True, True), (False, False), (False, True)):
-        kernel = gluon_bsa.compile_for_sm90(stages=3, first=first, last=last, qreg=qreg)
+        kernel = gluon_bsa.compile_for_sm90(version, stages=3, first=first, last=last)
         res = _cubin_resources(kernel)
         assert res["LOCAL"] == 0 and res["STACK"] == 0, res
         assert 2 * 128 * res["REG"] <= 65536, res
