@@ -1,6 +1,6 @@
 """Block-sparse attention forward in Gluon for Hopper (sm_90): the TMA kernel of triton_bsa.py with its loop
 software-pipelined by hand, as FlashAttention-3 does within a warpgroup. The op's kernel on sm_90 GPUs
-(``triton_bsa.GLUON_CONFIG``).
+(``triton_bsa.GLUON_CONFIG``: version 3).
 
 Why: the Triton TMA kernel runs each 64-row program as one serial chain per selected key block (wait for the box,
 S = QKᵀ, softmax, O += PV), and Triton 3.6 waits for every wgmma right after issuing it. Here the wgmmas are issued
@@ -9,22 +9,34 @@ asynchronously and the softmax of block j runs on the CUDA cores while the tenso
     iteration j:  issue S_j = Q K_jᵀ;  issue O += P_{j-1} V_{j-1};  wait for S_j;
                   m, p_j, alpha_j, l from S_j (overlaps the PV wgmma);  wait for PV;  O *= alpha_j
 
-The arithmetic is that of the Triton kernels, in the same order: O_j = alpha_j O_{j-1} + P_j V_j with P_j rounded to
-the input dtype and fp32 accumulation (the rescale is applied to O after PV_{j-1} instead of as PV_j's accumulator
-input: the same product, rounded once). K and V boxes come by TMA from the block-major copies (triton_bsa's
-``blocks_and_means``) into rings of ``STAGES`` slots each; a K slot is refilled as soon as its QKᵀ has completed, a V
-slot as soon as its PV has, ``STAGES`` blocks ahead, from indices loaded an iteration earlier. One program per
-(query block, batch·head), one warpgroup, two programs per SM. ``QREG`` (config ``gluon=2``) keeps Q in registers as
-the A operand of QKᵀ (32 more registers, 195-200 in all; 16 KB less shared-memory read per block) instead of reading
-it from shared memory every block. Key-range passes carry (m, l, O) in fp32 between launches exactly as the Triton
-kernels do (the result is bitwise that of one pass; 2.8 GB of scratch at the 720p refine shape).
+Versions 1 and 2 (one key block per step) do the arithmetic of the Triton kernels in the same order:
+O_j = alpha_j O_{j-1} + P_j V_j with P_j rounded to the input dtype and fp32 accumulation (the rescale is applied to O
+after PV_{j-1} instead of as PV_j's accumulator input: the same product, rounded once). K and V boxes come by TMA
+from the block-major copies (triton_bsa's ``blocks_and_means``) into rings of ``STAGES`` slots each; a K slot is
+refilled as soon as its QKᵀ has completed, a V slot as soon as its PV has, ``STAGES`` blocks ahead, from indices
+loaded an iteration earlier. One program per (query block, batch·head), one warpgroup, two programs per SM. ``QREG``
+(version 2) keeps Q in registers as the A operand of QKᵀ (32 more registers, 195-200 in all; 16 KB less
+shared-memory read per block) instead of reading it from shared memory every block.
 
-Measured on an H200 at the 720p refine shape (bench/bsa_kernel_probe.py, bench/results/bsa_kernel_probe_*.json):
-from an L2-resident K/V slice, where the kernel's own speed shows, 0.058 s (v2, 3 slots) against 0.065 s for the
-Triton TMA kernel: ~500 TFLOP/s. On iid selections (K/V from the whole head, 86.5 MB, more than the L2) one pass is
-slower than the Triton kernel (0.074-0.078 s against 0.069-0.070 s: L2 misses bound both), three key-range passes
-(an L2-sized slice each) take 0.064 s. Tried and not kept: issuing QKᵀ of block j + 1 before the softmax of block j
-as well (two wgmmas in flight during the softmax, 207 registers): no faster (0.0603 s against 0.0601 s, L2-resident).
+Version 3 (``_bsa_fwd_gluon_pairs_kernel``, the op's default) takes the selected blocks two at a time: S_a and S_b,
+one running max over both, P_a and P_b against it, one row sum and one rescale of O per pair, then PV_a and PV_b
+(overlapping the next pair's softmax as above; an odd count ends with one block on its own). The per-step costs that
+do not scale with the block (row-max and row-sum shuffles, alpha, the 64-register rescale of O, the waits and
+barriers) are paid once per 128 keys instead of per 64: 310 instructions per block in the loop instead of 356. The
+online softmax updates per pair, so O differs from versions 1-2 by rounding only (P_a is rounded against the pair's
+max instead of block a's own). Q lives in registers; its staging buffer shares shared memory with the rings, which
+hold 3 K boxes and 4 V boxes (V of a pair is read one step after its K): 112 KB, 226-232 registers, two programs per
+SM. Key-range passes carry (m, l, O) in fp32 between launches as the Triton kernels do (2.8 GB of scratch at the 720p
+refine shape); the op's default runs as many as keep a slice of a head's K/V in half the L2 (3 on an H200).
+
+Measured on an H200 at the 720p refine shape (bench/bsa_kernel_probe.py, bench/results/bsa_kernel_probe_*.json and
+bsa_h200_20261122-v3.md): from an L2-resident K/V slice, where the kernel's own speed shows, version 3 takes 0.0554-
+0.0560 s (~525 TFLOP/s; it reads K/V from the L2 at ~8 TB/s) against 0.0592 s for version 2 and 0.0656 s for the
+Triton TMA kernel in the same run. bench_bsa's inputs in 3 passes: 0.062-0.063 s iid, 0.060-0.061 s
+RoPE-structured, on two H200s; one pass ranged from 0.0617 s (iid) on one to 0.073-0.075 s on the other, and on the
+probe's uniformly random selections 3 passes take 0.0634 s against 0.0723 s for one.
+Tried and not kept: issuing QKᵀ of block j + 1 before the softmax of block j in version 2 (two wgmmas in flight during
+the softmax, 207 registers): no faster (0.0603 s against 0.0601 s, L2-resident).
 
 Scope: bf16 / fp16, 64-token blocks, head_dim 64..256 (power of two); the op falls back to the Triton kernels
 otherwise. Reference: ``block_sparse_attention.sparse_attention_ref`` (the GPU tests compare the two and the goldens;

@@ -68,9 +68,14 @@ of K/V: 0.0705 s on iid and 0.0714 s on rope against 0.0688 / 0.0693 s (one turn
 iteration is a serial chain (wait for the box, QKᵀ, softmax, PV) per 64-row program, two programs per SM: from an
 L2-resident K/V slice this kernel takes 0.065 s. Session 10 wrote that loop by hand in Gluon (gluon_bsa.py, the sm_90
 default): async wgmma, the softmax of block j overlapping PV of block j - 1, 0.058 s from the L2-resident slice; with
-its compute faster, key-range passes now pay (iid: 0.064 s in 3 passes against 0.073 s in one). Left to reach 0.060 s
-on iid inputs: a kernel faster than ~500 TFLOP/s on these 64 x 64 tiles (FA3's two consumer warpgroups and a producer
-warp, ping-pong scheduled), not written.
+its compute faster, key-range passes paid (iid: 0.064 s in 3 passes against 0.073 s in one). Session 11's version 3
+of it takes key blocks in pairs per softmax update (the per-step overhead paid once per 128 keys) with a V ring one
+box deeper: 0.0555 s from the L2-resident slice, in 3 passes 0.062-0.063 s on iid / 0.060-0.061 s on rope inputs
+(bsa_h200_20261122-v3*.md; one pass was as fast on one H200 and 0.073-0.075 s on iid on another); it reads K/V
+from the L2 at ~8 TB/s there, so what is left (0.060 s for the whole op, whose selection and prep take ~6 ms) needs
+fewer bytes per FLOP: query blocks that share a K/V box
+(two consumer warpgroups over the union of neighbours' selections, as the grouped Triton kernel does, but each
+warpgroup computing only its own blocks), not written.
 
 Grouped query blocks (``group_h`` x ``group_w`` > 1; why and what): fewer bytes per FLOP, i.e. more query rows per
 loaded K/V tile. A program therefore takes G = group_h * group_w
@@ -149,13 +154,13 @@ DEFAULT_CONFIG = BsaKernelConfig()
 # refine shape against 0.108 s for DEFAULT_CONFIG; key-range passes and pairs of blocks per update were slower).
 TMA_CONFIG = BsaKernelConfig(num_stages=4, kv_passes=1, tma=True)
 # sm_90 (Hopper): the Gluon kernel (gluon_bsa.py; version 3: pairs of key blocks per softmax update, Q in registers),
-# a K ring of 3 boxes and a V ring of 4, one pass (no fp32 scratch). bench/results/bsa_h200_20261122-v3.md: kernel
-# 0.0617 s on iid inputs and 0.0570 s on RoPE-structured ones against 0.0622 / 0.0613 s in 3 key-range passes (2
-# passes: 0.0651 / 0.0604 s) and 0.0651 / 0.0643 s for version 2 in 3 passes, same run; from an L2-resident slice
-# (bsa_kernel_probe_nvidia-h200_20261122-v3.json) 0.0554-0.0560 s against 0.0592 s (v2) and 0.0656 s (TMA_CONFIG).
-# Only on uniformly random selections (the probe's iid, no popular key blocks) do passes still pay: 0.0634 s in 3
-# against 0.0723 s in one.
-GLUON_CONFIG = BsaKernelConfig(num_stages=3, kv_passes=1, tma=True, gluon=3)
+# a K ring of 3 boxes and a V ring of 4, key-range passes as the L2 size suggests (3 on an H200). Kernel times on two
+# fresh H200s (bench/results/bsa_h200_20261122-v3.md, -v3-run2.md), iid / rope inputs: 3 passes 0.0622-0.0630 /
+# 0.0598-0.0613 s in both; one pass 0.0617 / 0.0570 s on the first but 0.0727-0.0747 / 0.0595 s on the second (L2
+# misses: a head's K/V is 86.5 MB), so the passes stay; version 2 in 3 passes 0.0648-0.0651 / 0.0643-0.0645 s. From an
+# L2-resident slice (bsa_kernel_probe_nvidia-h200_20261122-v3.json) 0.0554-0.0560 s against 0.0592 s (v2), 0.0656 s
+# (TMA_CONFIG).
+GLUON_CONFIG = BsaKernelConfig(num_stages=3, kv_passes=None, tma=True, gluon=3)
 # Grouped variant: pairs of w-neighbouring query blocks, 128-row tiles over the union of their selections (two
 # warpgroups). Wins when neighbours share selections (real / RoPE-structured heads), loses on iid inputs.
 GROUPED_CONFIG = BsaKernelConfig(num_warps=8, num_stages=3, group_w=2)
