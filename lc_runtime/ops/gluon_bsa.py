@@ -26,8 +26,11 @@ barriers) are paid once per 128 keys instead of per 64: 310 instructions per blo
 online softmax updates per pair, so O differs from versions 1-2 by rounding only (P_a is rounded against the pair's
 max instead of block a's own). Q lives in registers; its staging buffer shares shared memory with the rings, which
 hold 3 K boxes and 4 V boxes (V of a pair is read one step after its K): 112 KB, 226-232 registers, two programs per
-SM. Key-range passes carry (m, l, O) in fp32 between launches as the Triton kernels do (2.8 GB of scratch at the 720p
-refine shape); the op's default runs as many as keep a slice of a head's K/V in half the L2 (3 on an H200).
+SM. Its one-touch traffic (Q, O, the pass state) is marked evict-first in the L2, so that it does not push out K/V
+boxes other programs re-read (uniformly random selections, 3 passes, the same H200: 0.0604-0.0616 s against
+0.0620-0.0622 s). Key-range passes carry (m, l, O) in fp32 between launches as the Triton kernels do (2.8 GB of
+scratch at the 720p refine shape); the op's default runs as many as keep a slice of a head's K/V in half the L2
+(3 on an H200).
 
 Measured on an H200 at the 720p refine shape (bench/bsa_kernel_probe.py, bench/results/bsa_kernel_probe_*.json and
 bsa_h200_20261122-v3.md): from an L2-resident K/V slice, where the kernel's own speed shows, version 3 takes 0.0554-
@@ -328,7 +331,10 @@ def _bsa_fwd_gluon_pairs_kernel(
     offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, load_layout))
     q_rows = ((qt * CT + rb // (CH * CW)) * q_grid_h + qh * CH + (rb // CW) % CH) * q_grid_w + qw * CW + rb % CW
     q_rows = q_rows.to(gl.int64)
-    q = gl.load(Q + b * stride_qb + h * stride_qh + q_rows[:, None] * stride_qs + offs_d[None, :])
+    # Q, O and the pass state are read or written once: first out of the L2, which K/V boxes are re-read from
+    q = gl.load(
+        Q + b * stride_qb + h * stride_qh + q_rows[:, None] * stride_qs + offs_d[None, :], eviction_policy="evict_first"
+    )
     q_smem = gl.allocate_shared_memory(dtype, [BLOCK, HEAD_DIM], desc_k.layout, q)
     q_op = q_smem.load(gl.DotOperandLayout(operand_index=0, parent=s_layout, k_width=2))
 
@@ -353,9 +359,9 @@ def _bsa_fwd_gluon_pairs_kernel(
         acc = gl.zeros([BLOCK, HEAD_DIM], gl.float32, o_layout)
     else:
         start = gl.load(START + sel)
-        m_i = gl.load(M_STATE + state_rows)
-        l_i = gl.load(L_STATE + state_rows)
-        acc = gl.load(acc_ptrs)
+        m_i = gl.load(M_STATE + state_rows, eviction_policy="evict_first")
+        l_i = gl.load(L_STATE + state_rows, eviction_policy="evict_first")
+        acc = gl.load(acc_ptrs, eviction_policy="evict_first")
     n = gl.load(END + sel) - start
     idx_row = IDX + b * stride_ib + h * stride_ih + pid_q.to(gl.int64) * stride_iq + start
     kv_row0 = pid_bh * nk_blocks
@@ -438,11 +444,15 @@ def _bsa_fwd_gluon_pairs_kernel(
     if LAST:
         out = acc / gl.convert_layout(l_i, o_rows)[:, None]
         out = gl.convert_layout(out.to(dtype), load_layout)
-        gl.store(O + b * stride_ob + h * stride_oh + q_rows[:, None] * stride_os + offs_d[None, :], out)
+        gl.store(
+            O + b * stride_ob + h * stride_oh + q_rows[:, None] * stride_os + offs_d[None, :],
+            out,
+            eviction_policy="evict_first",
+        )
     else:
-        gl.store(M_STATE + state_rows, m_i)
-        gl.store(L_STATE + state_rows, l_i)
-        gl.store(acc_ptrs, acc)
+        gl.store(M_STATE + state_rows, m_i, eviction_policy="evict_first")
+        gl.store(L_STATE + state_rows, l_i, eviction_policy="evict_first")
+        gl.store(acc_ptrs, acc, eviction_policy="evict_first")
 
 
 def supports(q: torch.Tensor, chunk) -> bool:
