@@ -12,13 +12,13 @@ asynchronously and the softmax of block j runs on the CUDA cores while the tenso
 Versions 1 and 2 (one key block per step) do the arithmetic of the Triton kernels in the same order:
 O_j = alpha_j O_{j-1} + P_j V_j with P_j rounded to the input dtype and fp32 accumulation (the rescale is applied to O
 after PV_{j-1} instead of as PV_j's accumulator input: the same product, rounded once). K and V boxes come by TMA
-from the block-major copies (triton_bsa's ``blocks_and_means``) into rings of ``STAGES`` slots each; a K slot is
-refilled as soon as its QKᵀ has completed, a V slot as soon as its PV has, ``STAGES`` blocks ahead, from indices
+from the block-major copies (triton_bsa's ``blocks_and_means``) into rings of ``KS`` = ``VS`` slots each; a K slot is
+refilled as soon as its QKᵀ has completed, a V slot as soon as its PV has, that many blocks ahead, from indices
 loaded an iteration earlier. One program per (query block, batch·head), one warpgroup, two programs per SM. ``QREG``
 (version 2) keeps Q in registers as the A operand of QKᵀ (32 more registers, 195-200 in all; 16 KB less
 shared-memory read per block) instead of reading it from shared memory every block.
 
-Version 3 (``_bsa_fwd_gluon_pairs_kernel``, the op's default) takes the selected blocks two at a time: S_a and S_b,
+Version 3 (``PAIRS``, the op's default) takes the selected blocks two at a time: S_a and S_b,
 one running max over both, P_a and P_b against it, one row sum and one rescale of O per pair, then PV_a and PV_b
 (overlapping the next pair's softmax as above; an odd count ends with one block on its own). The per-step costs that
 do not scale with the block (row-max and row-sum shuffles, alpha, the 64-register rescale of O, the waits and
@@ -26,7 +26,8 @@ barriers) are paid once per 128 keys instead of per 64: 310 instructions per blo
 online softmax updates per pair, so O differs from versions 1-2 by rounding only (P_a is rounded against the pair's
 max instead of block a's own). Q lives in registers; its staging buffer shares shared memory with the rings, which
 hold 3 K boxes and 4 V boxes (V of a pair is read one step after its K): 112 KB, 226-232 registers, two programs per
-SM. Its one-touch traffic (Q, O, the pass state) is marked evict-first in the L2, so that it does not push out K/V
+SM. One kernel holds all three versions (constexprs ``QREG``, ``PAIRS``; ``KS`` / ``VS`` ring depths). Its
+one-touch traffic (Q, O, the pass state) is marked evict-first in the L2, so that it does not push out K/V
 boxes other programs re-read (uniformly random selections, 3 passes, the same H200: 0.0604-0.0616 s against
 0.0620-0.0622 s). Key-range passes carry (m, l, O) in fp32 between launches as the Triton kernels do (2.8 GB of
 scratch at the 720p refine shape); the op's default runs as many as keep a slice of a head's K/V in half the L2
@@ -72,6 +73,26 @@ def _issue_kv(desc, ring, bars, slot, row, pred):
     tma.async_copy_global_to_shared(desc, [row, 0], bar, ring.index(slot), pred=pred)
 
 
+@gluon.jit
+def _softmax_pair(s_a, s_b, m_i, l_i, qk_scale):
+    """The online-softmax update for two key blocks at once: one running max over both, one rescale."""
+    m_new = gl.maximum(m_i, gl.max(gl.maximum(s_a, s_b), 1) * qk_scale)
+    p_a = gl.exp2(s_a * qk_scale - m_new[:, None])
+    p_b = gl.exp2(s_b * qk_scale - m_new[:, None])
+    alpha = gl.exp2(m_i - m_new)
+    l_new = l_i * alpha + gl.sum(p_a + p_b, 1)
+    return p_a, p_b, m_new, l_new, alpha
+
+
+@gluon.jit
+def _softmax_one(s, m_i, l_i, qk_scale):
+    m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale)
+    p = gl.exp2(s * qk_scale - m_new[:, None])
+    alpha = gl.exp2(m_i - m_new)
+    l_new = l_i * alpha + gl.sum(p, 1)
+    return p, m_new, l_new, alpha
+
+
 @gluon.jit(do_not_specialize=["num_heads", "seq_q", "nk_blocks", "q_grid_h", "q_grid_w", "q_blocks_h", "q_blocks_w"])
 def _bsa_fwd_gluon_kernel(
     Q,
@@ -107,202 +128,10 @@ def _bsa_fwd_gluon_kernel(
     CH: gl.constexpr,
     CW: gl.constexpr,
     HEAD_DIM: gl.constexpr,
-    STAGES: gl.constexpr,
-    FIRST: gl.constexpr,
-    LAST: gl.constexpr,
-    QREG: gl.constexpr,
-):
-    BLOCK: gl.constexpr = CT * CH * CW
-    dtype: gl.constexpr = desc_k.dtype
-    # wgmma layouts: S = Q Kᵀ is [BLOCK, BLOCK] (instruction n = BLOCK), O is [BLOCK, HEAD_DIM]; P feeds PV from
-    # registers. Both accumulators spread rows over the four warps identically, so row vectors move between them
-    # without data movement.
-    s_layout: gl.constexpr = gl.NVMMADistributedLayout(
-        version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BLOCK, 16]
-    )
-    o_layout: gl.constexpr = gl.NVMMADistributedLayout(
-        version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, HEAD_DIM, 16]
-    )
-    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
-    s_rows: gl.constexpr = gl.SliceLayout(1, s_layout)
-    o_rows: gl.constexpr = gl.SliceLayout(1, o_layout)
-    load_layout: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])
-
-    pid_q = gl.program_id(0)
-    pid_bh = gl.program_id(1)
-    b = (pid_bh // num_heads).to(gl.int64)
-    h = (pid_bh % num_heads).to(gl.int64)
-    qt = pid_q // (q_blocks_h * q_blocks_w)
-    qh = (pid_q // q_blocks_w) % q_blocks_h
-    qw = pid_q % q_blocks_w
-
-    # Q: the query block's 64 raster rows (SPEC §5 step 1 order), gathered once into shared memory.
-    rb = gl.arange(0, BLOCK, layout=gl.SliceLayout(1, load_layout))
-    offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, load_layout))
-    q_rows = ((qt * CT + rb // (CH * CW)) * q_grid_h + qh * CH + (rb // CW) % CH) * q_grid_w + qw * CW + rb % CW
-    q_rows = q_rows.to(gl.int64)
-    q = gl.load(Q + b * stride_qb + h * stride_qh + q_rows[:, None] * stride_qs + offs_d[None, :])
-    q_smem = gl.allocate_shared_memory(dtype, [BLOCK, HEAD_DIM], desc_k.layout, q)
-    if QREG:  # Q as the register operand of QKᵀ (32 more registers, 16 KB less shared-memory traffic per block)
-        q_op = q_smem.load(gl.DotOperandLayout(operand_index=0, parent=s_layout, k_width=2))
-    else:
-        q_op = q_smem
-
-    k_ring = gl.allocate_shared_memory(dtype, [STAGES, BLOCK, HEAD_DIM], desc_k.layout)
-    v_ring = gl.allocate_shared_memory(dtype, [STAGES, BLOCK, HEAD_DIM], desc_v.layout)
-    k_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    v_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    for i in gl.static_range(STAGES):
-        mbarrier.init(k_bars.index(i), count=1)
-        mbarrier.init(v_bars.index(i), count=1)
-    fence_async_shared()
-
-    # online-softmax state: fresh, or carried from the previous key-range pass (fp32, rows in raster order)
-    state_rows = pid_bh.to(gl.int64) * seq_q + gl.convert_layout(q_rows, s_rows)
-    acc_ptrs = ACC + gl.convert_layout(state_rows, o_rows)[:, None] * HEAD_DIM
-    acc_ptrs = acc_ptrs + gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))[None, :]
-    sel = b * stride_cb + h * stride_ch + pid_q
-    if FIRST:
-        start = 0
-        m_i = gl.full([BLOCK], float("-inf"), gl.float32, s_rows)
-        l_i = gl.zeros([BLOCK], gl.float32, s_rows)
-        acc = gl.zeros([BLOCK, HEAD_DIM], gl.float32, o_layout)
-    else:
-        start = gl.load(START + sel)
-        m_i = gl.load(M_STATE + state_rows)
-        l_i = gl.load(L_STATE + state_rows)
-        acc = gl.load(acc_ptrs)
-    n = gl.load(END + sel) - start
-    idx_row = IDX + b * stride_ib + h * stride_ih + pid_q.to(gl.int64) * stride_iq + start
-    kv_row0 = pid_bh * nk_blocks
-
-    if n > 0:  # a row can select no block in a pass's key range: its state passes through
-        # prologue: the first STAGES blocks' K and V in flight
-        for i in gl.static_range(STAGES):
-            row = (kv_row0 + gl.load(idx_row + i, mask=i < n, other=0)) * BLOCK
-            _issue_kv(desc_k, k_ring, k_bars, i, row, i < n)
-            _issue_kv(desc_v, v_ring, v_bars, i, row, i < n)
-        # Box rows of the next refills, loaded an iteration before they are issued (a scalar load waited for at
-        # the issue would stall the softmax): the K refill of iteration j is block j + STAGES, the V refill block
-        # j - 1 + STAGES, i.e. the previous iteration's K refill.
-        k_row = (kv_row0 + gl.load(idx_row + STAGES, mask=n > STAGES, other=0)) * BLOCK
-        k_row_next = (kv_row0 + gl.load(idx_row + STAGES + 1, mask=n > STAGES + 1, other=0)) * BLOCK
-
-        # block 0: S_0, its softmax, and the rescale of a carried state (alpha = 0 on a fresh one)
-        s_zero = gl.zeros([BLOCK, BLOCK], gl.float32, s_layout)
-        mbarrier.wait(k_bars.index(0), 0)
-        s_tok = warpgroup_mma(q_op, k_ring.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
-        s = warpgroup_mma_wait(0, deps=(s_tok,))
-        _issue_kv(desc_k, k_ring, k_bars, 0, k_row, n > STAGES)  # K slot 0 is free: block STAGES's K
-        v_row = k_row
-        k_row = k_row_next
-        m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale)
-        p = gl.exp2(s * qk_scale - m_new[:, None])
-        alpha = gl.exp2(m_i - m_new)
-        l_i = l_i * alpha + gl.sum(p, 1)
-        m_i = m_new
-        acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
-
-        for j in range(1, n):
-            slot = j % STAGES
-            prev = (j - 1) % STAGES
-            ahead = j + 1 + STAGES
-            k_row_next = (kv_row0 + gl.load(idx_row + ahead, mask=ahead < n, other=0)) * BLOCK
-            mbarrier.wait(k_bars.index(slot), (j // STAGES) & 1)
-            s_tok = warpgroup_mma(q_op, k_ring.index(slot).permute((1, 0)), s_zero, use_acc=False, is_async=True)
-            mbarrier.wait(v_bars.index(prev), ((j - 1) // STAGES) & 1)
-            p_op = gl.convert_layout(p.to(dtype), p_layout)
-            o_tok = warpgroup_mma(p_op, v_ring.index(prev), acc, is_async=True)
-            s = warpgroup_mma_wait(1, deps=(s_tok,))
-            _issue_kv(desc_k, k_ring, k_bars, slot, k_row, j + STAGES < n)  # K slot free: block j + STAGES's K
-            m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale)
-            p = gl.exp2(s * qk_scale - m_new[:, None])
-            alpha = gl.exp2(m_i - m_new)
-            l_i = l_i * alpha + gl.sum(p, 1)
-            m_i = m_new
-            acc = warpgroup_mma_wait(0, deps=(o_tok,))
-            _issue_kv(desc_v, v_ring, v_bars, prev, v_row, j - 1 + STAGES < n)  # V slot free: j - 1 + STAGES's V
-            acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
-            v_row = k_row
-            k_row = k_row_next
-
-        # the last block's PV
-        last = (n - 1) % STAGES
-        mbarrier.wait(v_bars.index(last), ((n - 1) // STAGES) & 1)
-        p_op = gl.convert_layout(p.to(dtype), p_layout)
-        o_tok = warpgroup_mma(p_op, v_ring.index(last), acc, is_async=True)
-        acc = warpgroup_mma_wait(0, deps=(o_tok,))
-    for i in gl.static_range(STAGES):
-        mbarrier.invalidate(k_bars.index(i))
-        mbarrier.invalidate(v_bars.index(i))
-
-    if LAST:  # O / l (0 / 0 = NaN for a row that selected nothing at all, as in the Triton kernels)
-        out = acc / gl.convert_layout(l_i, o_rows)[:, None]
-        out = gl.convert_layout(out.to(dtype), load_layout)
-        gl.store(O + b * stride_ob + h * stride_oh + q_rows[:, None] * stride_os + offs_d[None, :], out)
-    else:
-        gl.store(M_STATE + state_rows, m_i)
-        gl.store(L_STATE + state_rows, l_i)
-        gl.store(acc_ptrs, acc)
-
-
-@gluon.jit
-def _softmax_pair(s_a, s_b, m_i, l_i, qk_scale):
-    """The online-softmax update for two key blocks at once: one running max over both, one rescale."""
-    m_new = gl.maximum(m_i, gl.max(gl.maximum(s_a, s_b), 1) * qk_scale)
-    p_a = gl.exp2(s_a * qk_scale - m_new[:, None])
-    p_b = gl.exp2(s_b * qk_scale - m_new[:, None])
-    alpha = gl.exp2(m_i - m_new)
-    l_new = l_i * alpha + gl.sum(p_a + p_b, 1)
-    return p_a, p_b, m_new, l_new, alpha
-
-
-@gluon.jit
-def _softmax_one(s, m_i, l_i, qk_scale):
-    m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale)
-    p = gl.exp2(s * qk_scale - m_new[:, None])
-    alpha = gl.exp2(m_i - m_new)
-    l_new = l_i * alpha + gl.sum(p, 1)
-    return p, m_new, l_new, alpha
-
-
-@gluon.jit(do_not_specialize=["num_heads", "seq_q", "nk_blocks", "q_grid_h", "q_grid_w", "q_blocks_h", "q_blocks_w"])
-def _bsa_fwd_gluon_pairs_kernel(
-    Q,
-    desc_k,
-    desc_v,
-    O,
-    IDX,
-    START,
-    END,
-    ACC,
-    M_STATE,
-    L_STATE,
-    stride_qb,
-    stride_qh,
-    stride_qs,
-    stride_ob,
-    stride_oh,
-    stride_os,
-    stride_ib,
-    stride_ih,
-    stride_iq,
-    stride_cb,
-    stride_ch,
-    num_heads,
-    seq_q,
-    nk_blocks,
-    qk_scale,
-    q_grid_h,
-    q_grid_w,
-    q_blocks_h,
-    q_blocks_w,
-    CT: gl.constexpr,
-    CH: gl.constexpr,
-    CW: gl.constexpr,
-    HEAD_DIM: gl.constexpr,
     KS: gl.constexpr,
     VS: gl.constexpr,
+    QREG: gl.constexpr,
+    PAIRS: gl.constexpr,
     FIRST: gl.constexpr,
     LAST: gl.constexpr,
 ):
@@ -336,7 +165,10 @@ def _bsa_fwd_gluon_pairs_kernel(
         Q + b * stride_qb + h * stride_qh + q_rows[:, None] * stride_qs + offs_d[None, :], eviction_policy="evict_first"
     )
     q_smem = gl.allocate_shared_memory(dtype, [BLOCK, HEAD_DIM], desc_k.layout, q)
-    q_op = q_smem.load(gl.DotOperandLayout(operand_index=0, parent=s_layout, k_width=2))
+    if QREG:  # Q as the register operand of QKᵀ (32 more registers, 16 KB less shared-memory traffic per block)
+        q_op = q_smem.load(gl.DotOperandLayout(operand_index=0, parent=s_layout, k_width=2))
+    else:
+        q_op = q_smem
 
     k_ring = gl.allocate_shared_memory(dtype, [KS, BLOCK, HEAD_DIM], desc_k.layout)
     v_ring = gl.allocate_shared_memory(dtype, [VS, BLOCK, HEAD_DIM], desc_v.layout)
@@ -367,75 +199,133 @@ def _bsa_fwd_gluon_pairs_kernel(
     kv_row0 = pid_bh * nk_blocks
     s_zero = gl.zeros([BLOCK, BLOCK], gl.float32, s_layout)
 
-    for i in gl.static_range(KS):
-        row = (kv_row0 + gl.load(idx_row + i, mask=i < n, other=0)) * BLOCK
-        _issue_kv(desc_k, k_ring, k_bars, i, row, i < n)
-    for i in gl.static_range(VS):
-        row = (kv_row0 + gl.load(idx_row + i, mask=i < n, other=0)) * BLOCK
-        _issue_kv(desc_v, v_ring, v_bars, i, row, i < n)
+    if PAIRS:  # version 3: two key blocks per softmax update
+        for i in gl.static_range(KS):
+            row = (kv_row0 + gl.load(idx_row + i, mask=i < n, other=0)) * BLOCK
+            _issue_kv(desc_k, k_ring, k_bars, i, row, i < n)
+        for i in gl.static_range(VS):
+            row = (kv_row0 + gl.load(idx_row + i, mask=i < n, other=0)) * BLOCK
+            _issue_kv(desc_v, v_ring, v_bars, i, row, i < n)
 
-    npairs = n // 2
-    if npairs > 0:
-        # pair 0: its scores, softmax, and the rescale of a carried state (alpha = 0 on a fresh one)
-        kr_a = (kv_row0 + gl.load(idx_row + KS, mask=n > KS, other=0)) * BLOCK
-        kr_b = (kv_row0 + gl.load(idx_row + KS + 1, mask=n > KS + 1, other=0)) * BLOCK
-        mbarrier.wait(k_bars.index(0), 0)
-        sa_tok = warpgroup_mma(q_op, k_ring.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
-        mbarrier.wait(k_bars.index(1 % KS), (1 // KS) & 1)
-        sb_tok = warpgroup_mma(q_op, k_ring.index(1 % KS).permute((1, 0)), s_zero, use_acc=False, is_async=True)
-        s_a, s_b = warpgroup_mma_wait(0, deps=(sa_tok, sb_tok))
-        _issue_kv(desc_k, k_ring, k_bars, 0, kr_a, n > KS)
-        _issue_kv(desc_k, k_ring, k_bars, 1 % KS, kr_b, n > KS + 1)
-        p_a, p_b, m_i, l_i, alpha = _softmax_pair(s_a, s_b, m_i, l_i, qk_scale)
-        pa_op = gl.convert_layout(p_a.to(dtype), p_layout)
-        pb_op = gl.convert_layout(p_b.to(dtype), p_layout)
-        acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
-        for pj in range(1, npairs):
-            a = 2 * pj
-            # the rows of this iteration's refills, loaded before the waits that hide their latency
-            kr_a = (kv_row0 + gl.load(idx_row + a + KS, mask=a + KS < n, other=0)) * BLOCK
-            kr_b = (kv_row0 + gl.load(idx_row + a + 1 + KS, mask=a + 1 + KS < n, other=0)) * BLOCK
-            vr_a = (kv_row0 + gl.load(idx_row + a - 2 + VS, mask=a - 2 + VS < n, other=0)) * BLOCK
-            vr_b = (kv_row0 + gl.load(idx_row + a - 1 + VS, mask=a - 1 + VS < n, other=0)) * BLOCK
-            mbarrier.wait(k_bars.index(a % KS), (a // KS) & 1)
-            sa_tok = warpgroup_mma(q_op, k_ring.index(a % KS).permute((1, 0)), s_zero, use_acc=False, is_async=True)
-            mbarrier.wait(k_bars.index((a + 1) % KS), ((a + 1) // KS) & 1)
-            sb_tok = warpgroup_mma(
-                q_op, k_ring.index((a + 1) % KS).permute((1, 0)), s_zero, use_acc=False, is_async=True
-            )
+        npairs = n // 2
+        if npairs > 0:
+            # pair 0: its scores, softmax, and the rescale of a carried state (alpha = 0 on a fresh one)
+            kr_a = (kv_row0 + gl.load(idx_row + KS, mask=n > KS, other=0)) * BLOCK
+            kr_b = (kv_row0 + gl.load(idx_row + KS + 1, mask=n > KS + 1, other=0)) * BLOCK
+            mbarrier.wait(k_bars.index(0), 0)
+            sa_tok = warpgroup_mma(q_op, k_ring.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+            mbarrier.wait(k_bars.index(1 % KS), (1 // KS) & 1)
+            sb_tok = warpgroup_mma(q_op, k_ring.index(1 % KS).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+            s_a, s_b = warpgroup_mma_wait(0, deps=(sa_tok, sb_tok))
+            _issue_kv(desc_k, k_ring, k_bars, 0, kr_a, n > KS)
+            _issue_kv(desc_k, k_ring, k_bars, 1 % KS, kr_b, n > KS + 1)
+            p_a, p_b, m_i, l_i, alpha = _softmax_pair(s_a, s_b, m_i, l_i, qk_scale)
+            pa_op = gl.convert_layout(p_a.to(dtype), p_layout)
+            pb_op = gl.convert_layout(p_b.to(dtype), p_layout)
+            acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
+            for pj in range(1, npairs):
+                a = 2 * pj
+                # the rows of this iteration's refills, loaded before the waits that hide their latency
+                kr_a = (kv_row0 + gl.load(idx_row + a + KS, mask=a + KS < n, other=0)) * BLOCK
+                kr_b = (kv_row0 + gl.load(idx_row + a + 1 + KS, mask=a + 1 + KS < n, other=0)) * BLOCK
+                vr_a = (kv_row0 + gl.load(idx_row + a - 2 + VS, mask=a - 2 + VS < n, other=0)) * BLOCK
+                vr_b = (kv_row0 + gl.load(idx_row + a - 1 + VS, mask=a - 1 + VS < n, other=0)) * BLOCK
+                mbarrier.wait(k_bars.index(a % KS), (a // KS) & 1)
+                sa_tok = warpgroup_mma(q_op, k_ring.index(a % KS).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+                mbarrier.wait(k_bars.index((a + 1) % KS), ((a + 1) // KS) & 1)
+                sb_tok = warpgroup_mma(
+                    q_op, k_ring.index((a + 1) % KS).permute((1, 0)), s_zero, use_acc=False, is_async=True
+                )
+                mbarrier.wait(v_bars.index((a - 2) % VS), ((a - 2) // VS) & 1)
+                o_tok = warpgroup_mma(pa_op, v_ring.index((a - 2) % VS), acc, is_async=True)
+                mbarrier.wait(v_bars.index((a - 1) % VS), ((a - 1) // VS) & 1)
+                o_tok = warpgroup_mma(pb_op, v_ring.index((a - 1) % VS), o_tok, is_async=True)
+                s_a, s_b = warpgroup_mma_wait(2, deps=(sa_tok, sb_tok))
+                _issue_kv(desc_k, k_ring, k_bars, a % KS, kr_a, a + KS < n)
+                _issue_kv(desc_k, k_ring, k_bars, (a + 1) % KS, kr_b, a + 1 + KS < n)
+                p_a, p_b, m_i, l_i, alpha = _softmax_pair(s_a, s_b, m_i, l_i, qk_scale)
+                pa_op_next = gl.convert_layout(p_a.to(dtype), p_layout)
+                pb_op_next = gl.convert_layout(p_b.to(dtype), p_layout)
+                acc = warpgroup_mma_wait(0, deps=(o_tok,))
+                _issue_kv(desc_v, v_ring, v_bars, (a - 2) % VS, vr_a, a - 2 + VS < n)
+                _issue_kv(desc_v, v_ring, v_bars, (a - 1) % VS, vr_b, a - 1 + VS < n)
+                acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
+                pa_op = pa_op_next
+                pb_op = pb_op_next
+            # the last pair's PV
+            a = 2 * npairs
             mbarrier.wait(v_bars.index((a - 2) % VS), ((a - 2) // VS) & 1)
             o_tok = warpgroup_mma(pa_op, v_ring.index((a - 2) % VS), acc, is_async=True)
             mbarrier.wait(v_bars.index((a - 1) % VS), ((a - 1) // VS) & 1)
             o_tok = warpgroup_mma(pb_op, v_ring.index((a - 1) % VS), o_tok, is_async=True)
-            s_a, s_b = warpgroup_mma_wait(2, deps=(sa_tok, sb_tok))
-            _issue_kv(desc_k, k_ring, k_bars, a % KS, kr_a, a + KS < n)
-            _issue_kv(desc_k, k_ring, k_bars, (a + 1) % KS, kr_b, a + 1 + KS < n)
-            p_a, p_b, m_i, l_i, alpha = _softmax_pair(s_a, s_b, m_i, l_i, qk_scale)
-            pa_op_next = gl.convert_layout(p_a.to(dtype), p_layout)
-            pb_op_next = gl.convert_layout(p_b.to(dtype), p_layout)
             acc = warpgroup_mma_wait(0, deps=(o_tok,))
-            _issue_kv(desc_v, v_ring, v_bars, (a - 2) % VS, vr_a, a - 2 + VS < n)
-            _issue_kv(desc_v, v_ring, v_bars, (a - 1) % VS, vr_b, a - 1 + VS < n)
+        if n % 2 == 1:  # an odd count: the last block on its own
+            c = n - 1
+            mbarrier.wait(k_bars.index(c % KS), (c // KS) & 1)
+            s_tok = warpgroup_mma(q_op, k_ring.index(c % KS).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+            s = warpgroup_mma_wait(0, deps=(s_tok,))
+            p, m_i, l_i, alpha = _softmax_one(s, m_i, l_i, qk_scale)
             acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
-            pa_op = pa_op_next
-            pb_op = pb_op_next
-        # the last pair's PV
-        a = 2 * npairs
-        mbarrier.wait(v_bars.index((a - 2) % VS), ((a - 2) // VS) & 1)
-        o_tok = warpgroup_mma(pa_op, v_ring.index((a - 2) % VS), acc, is_async=True)
-        mbarrier.wait(v_bars.index((a - 1) % VS), ((a - 1) // VS) & 1)
-        o_tok = warpgroup_mma(pb_op, v_ring.index((a - 1) % VS), o_tok, is_async=True)
-        acc = warpgroup_mma_wait(0, deps=(o_tok,))
-    if n % 2 == 1:  # an odd count: the last block on its own
-        c = n - 1
-        mbarrier.wait(k_bars.index(c % KS), (c // KS) & 1)
-        s_tok = warpgroup_mma(q_op, k_ring.index(c % KS).permute((1, 0)), s_zero, use_acc=False, is_async=True)
-        s = warpgroup_mma_wait(0, deps=(s_tok,))
-        p, m_i, l_i, alpha = _softmax_one(s, m_i, l_i, qk_scale)
-        acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
-        mbarrier.wait(v_bars.index(c % VS), (c // VS) & 1)
-        o_tok = warpgroup_mma(gl.convert_layout(p.to(dtype), p_layout), v_ring.index(c % VS), acc, is_async=True)
-        acc = warpgroup_mma_wait(0, deps=(o_tok,))
+            mbarrier.wait(v_bars.index(c % VS), (c // VS) & 1)
+            o_tok = warpgroup_mma(gl.convert_layout(p.to(dtype), p_layout), v_ring.index(c % VS), acc, is_async=True)
+            acc = warpgroup_mma_wait(0, deps=(o_tok,))
+    else:  # versions 1 and 2: one block per update; the V refill reuses the previous K refill's row
+        gl.static_assert(KS == VS, "one block per step: K and V rings of one depth")
+        if n > 0:  # a row can select no block in a pass's key range: its state passes through
+            # prologue: the first KS blocks' K and V in flight
+            for i in gl.static_range(KS):
+                row = (kv_row0 + gl.load(idx_row + i, mask=i < n, other=0)) * BLOCK
+                _issue_kv(desc_k, k_ring, k_bars, i, row, i < n)
+                _issue_kv(desc_v, v_ring, v_bars, i, row, i < n)
+            # Box rows of the next refills, loaded an iteration before they are issued (a scalar load waited for at
+            # the issue would stall the softmax): the K refill of iteration j is block j + KS, the V refill block
+            # j - 1 + KS, i.e. the previous iteration's K refill.
+            k_row = (kv_row0 + gl.load(idx_row + KS, mask=n > KS, other=0)) * BLOCK
+            k_row_next = (kv_row0 + gl.load(idx_row + KS + 1, mask=n > KS + 1, other=0)) * BLOCK
+
+            # block 0: S_0, its softmax, and the rescale of a carried state (alpha = 0 on a fresh one)
+            mbarrier.wait(k_bars.index(0), 0)
+            s_tok = warpgroup_mma(q_op, k_ring.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+            s = warpgroup_mma_wait(0, deps=(s_tok,))
+            _issue_kv(desc_k, k_ring, k_bars, 0, k_row, n > KS)  # K slot 0 is free: block KS's K
+            v_row = k_row
+            k_row = k_row_next
+            m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale)
+            p = gl.exp2(s * qk_scale - m_new[:, None])
+            alpha = gl.exp2(m_i - m_new)
+            l_i = l_i * alpha + gl.sum(p, 1)
+            m_i = m_new
+            acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
+
+            for j in range(1, n):
+                slot = j % KS
+                prev = (j - 1) % KS
+                ahead = j + 1 + KS
+                k_row_next = (kv_row0 + gl.load(idx_row + ahead, mask=ahead < n, other=0)) * BLOCK
+                mbarrier.wait(k_bars.index(slot), (j // KS) & 1)
+                s_tok = warpgroup_mma(q_op, k_ring.index(slot).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+                mbarrier.wait(v_bars.index(prev), ((j - 1) // KS) & 1)
+                p_op = gl.convert_layout(p.to(dtype), p_layout)
+                o_tok = warpgroup_mma(p_op, v_ring.index(prev), acc, is_async=True)
+                s = warpgroup_mma_wait(1, deps=(s_tok,))
+                _issue_kv(desc_k, k_ring, k_bars, slot, k_row, j + KS < n)  # K slot free: block j + KS's K
+                m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale)
+                p = gl.exp2(s * qk_scale - m_new[:, None])
+                alpha = gl.exp2(m_i - m_new)
+                l_i = l_i * alpha + gl.sum(p, 1)
+                m_i = m_new
+                acc = warpgroup_mma_wait(0, deps=(o_tok,))
+                _issue_kv(desc_v, v_ring, v_bars, prev, v_row, j - 1 + KS < n)  # V slot free: j - 1 + KS's V
+                acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
+                v_row = k_row
+                k_row = k_row_next
+
+            # the last block's PV
+            last = (n - 1) % KS
+            mbarrier.wait(v_bars.index(last), ((n - 1) // KS) & 1)
+            p_op = gl.convert_layout(p.to(dtype), p_layout)
+            o_tok = warpgroup_mma(p_op, v_ring.index(last), acc, is_async=True)
+            acc = warpgroup_mma_wait(0, deps=(o_tok,))
     for i in gl.static_range(KS):
         mbarrier.invalidate(k_bars.index(i))
     for i in gl.static_range(VS):
@@ -500,8 +390,8 @@ def launch(q, kv_blocks, out, idx, bounds, state, q_hw, chunk, stages: int, grid
 
 def _kernel_and_rings(version: int, stages: int):
     if version == 3:
-        return _bsa_fwd_gluon_pairs_kernel, dict(KS=stages, VS=stages + 1)
-    return _bsa_fwd_gluon_kernel, dict(STAGES=stages, QREG=version == 2)
+        return _bsa_fwd_gluon_kernel, dict(KS=stages, VS=stages + 1, QREG=True, PAIRS=True)
+    return _bsa_fwd_gluon_kernel, dict(KS=stages, VS=stages, QREG=version == 2, PAIRS=False)
 
 
 def compile_for_sm90(version=3, stages=3, head_dim=128, dtype=torch.bfloat16, first=True, last=True):
