@@ -62,7 +62,6 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-_LOG2E = 1.4426950408889634
 BLOCK_ROWS = 64  # one warpgroup's wgmma M: query and key blocks of 64 tokens
 
 
@@ -71,6 +70,13 @@ def _issue_kv(desc, ring, bars, slot, row, pred):
     bar = bars.index(slot)
     mbarrier.expect(bar, desc.block_type.nbytes, pred=pred)
     tma.async_copy_global_to_shared(desc, [row, 0], bar, ring.index(slot), pred=pred)
+
+
+@gluon.jit
+def _box_row(idx_row, i, n, kv_row0, BLOCK: gl.constexpr):
+    """First row, in the block-major K/V copies, of the row's i-th selected block (past the row's count: the
+    head's first block, for a load that is predicated off)."""
+    return (kv_row0 + gl.load(idx_row + i, mask=i < n, other=0)) * BLOCK
 
 
 @gluon.jit
@@ -86,6 +92,7 @@ def _softmax_pair(s_a, s_b, m_i, l_i, qk_scale):
 
 @gluon.jit
 def _softmax_one(s, m_i, l_i, qk_scale):
+    """The online-softmax update for one key block."""
     m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale)
     p = gl.exp2(s * qk_scale - m_new[:, None])
     alpha = gl.exp2(m_i - m_new)
@@ -200,18 +207,17 @@ def _bsa_fwd_gluon_kernel(
     s_zero = gl.zeros([BLOCK, BLOCK], gl.float32, s_layout)
 
     if PAIRS:  # version 3: two key blocks per softmax update
-        for i in gl.static_range(KS):
-            row = (kv_row0 + gl.load(idx_row + i, mask=i < n, other=0)) * BLOCK
-            _issue_kv(desc_k, k_ring, k_bars, i, row, i < n)
-        for i in gl.static_range(VS):
-            row = (kv_row0 + gl.load(idx_row + i, mask=i < n, other=0)) * BLOCK
+        for i in gl.static_range(VS):  # the V ring is the deeper one
+            row = _box_row(idx_row, i, n, kv_row0, BLOCK)
+            if i < KS:
+                _issue_kv(desc_k, k_ring, k_bars, i, row, i < n)
             _issue_kv(desc_v, v_ring, v_bars, i, row, i < n)
 
         npairs = n // 2
         if npairs > 0:
             # pair 0: its scores, softmax, and the rescale of a carried state (alpha = 0 on a fresh one)
-            kr_a = (kv_row0 + gl.load(idx_row + KS, mask=n > KS, other=0)) * BLOCK
-            kr_b = (kv_row0 + gl.load(idx_row + KS + 1, mask=n > KS + 1, other=0)) * BLOCK
+            kr_a = _box_row(idx_row, KS, n, kv_row0, BLOCK)
+            kr_b = _box_row(idx_row, KS + 1, n, kv_row0, BLOCK)
             mbarrier.wait(k_bars.index(0), 0)
             sa_tok = warpgroup_mma(q_op, k_ring.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
             mbarrier.wait(k_bars.index(1 % KS), (1 // KS) & 1)
@@ -226,10 +232,10 @@ def _bsa_fwd_gluon_kernel(
             for pj in range(1, npairs):
                 a = 2 * pj
                 # the rows of this iteration's refills, loaded before the waits that hide their latency
-                kr_a = (kv_row0 + gl.load(idx_row + a + KS, mask=a + KS < n, other=0)) * BLOCK
-                kr_b = (kv_row0 + gl.load(idx_row + a + 1 + KS, mask=a + 1 + KS < n, other=0)) * BLOCK
-                vr_a = (kv_row0 + gl.load(idx_row + a - 2 + VS, mask=a - 2 + VS < n, other=0)) * BLOCK
-                vr_b = (kv_row0 + gl.load(idx_row + a - 1 + VS, mask=a - 1 + VS < n, other=0)) * BLOCK
+                kr_a = _box_row(idx_row, a + KS, n, kv_row0, BLOCK)
+                kr_b = _box_row(idx_row, a + 1 + KS, n, kv_row0, BLOCK)
+                vr_a = _box_row(idx_row, a - 2 + VS, n, kv_row0, BLOCK)
+                vr_b = _box_row(idx_row, a - 1 + VS, n, kv_row0, BLOCK)
                 mbarrier.wait(k_bars.index(a % KS), (a // KS) & 1)
                 sa_tok = warpgroup_mma(q_op, k_ring.index(a % KS).permute((1, 0)), s_zero, use_acc=False, is_async=True)
                 mbarrier.wait(k_bars.index((a + 1) % KS), ((a + 1) // KS) & 1)
@@ -274,14 +280,14 @@ def _bsa_fwd_gluon_kernel(
         if n > 0:  # a row can select no block in a pass's key range: its state passes through
             # prologue: the first KS blocks' K and V in flight
             for i in gl.static_range(KS):
-                row = (kv_row0 + gl.load(idx_row + i, mask=i < n, other=0)) * BLOCK
+                row = _box_row(idx_row, i, n, kv_row0, BLOCK)
                 _issue_kv(desc_k, k_ring, k_bars, i, row, i < n)
                 _issue_kv(desc_v, v_ring, v_bars, i, row, i < n)
             # Box rows of the next refills, loaded an iteration before they are issued (a scalar load waited for at
             # the issue would stall the softmax): the K refill of iteration j is block j + KS, the V refill block
             # j - 1 + KS, i.e. the previous iteration's K refill.
-            k_row = (kv_row0 + gl.load(idx_row + KS, mask=n > KS, other=0)) * BLOCK
-            k_row_next = (kv_row0 + gl.load(idx_row + KS + 1, mask=n > KS + 1, other=0)) * BLOCK
+            k_row = _box_row(idx_row, KS, n, kv_row0, BLOCK)
+            k_row_next = _box_row(idx_row, KS + 1, n, kv_row0, BLOCK)
 
             # block 0: S_0, its softmax, and the rescale of a carried state (alpha = 0 on a fresh one)
             mbarrier.wait(k_bars.index(0), 0)
@@ -290,18 +296,14 @@ def _bsa_fwd_gluon_kernel(
             _issue_kv(desc_k, k_ring, k_bars, 0, k_row, n > KS)  # K slot 0 is free: block KS's K
             v_row = k_row
             k_row = k_row_next
-            m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale)
-            p = gl.exp2(s * qk_scale - m_new[:, None])
-            alpha = gl.exp2(m_i - m_new)
-            l_i = l_i * alpha + gl.sum(p, 1)
-            m_i = m_new
+            p, m_i, l_i, alpha = _softmax_one(s, m_i, l_i, qk_scale)
             acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
 
             for j in range(1, n):
                 slot = j % KS
                 prev = (j - 1) % KS
                 ahead = j + 1 + KS
-                k_row_next = (kv_row0 + gl.load(idx_row + ahead, mask=ahead < n, other=0)) * BLOCK
+                k_row_next = _box_row(idx_row, ahead, n, kv_row0, BLOCK)
                 mbarrier.wait(k_bars.index(slot), (j // KS) & 1)
                 s_tok = warpgroup_mma(q_op, k_ring.index(slot).permute((1, 0)), s_zero, use_acc=False, is_async=True)
                 mbarrier.wait(v_bars.index(prev), ((j - 1) // KS) & 1)
@@ -309,11 +311,7 @@ def _bsa_fwd_gluon_kernel(
                 o_tok = warpgroup_mma(p_op, v_ring.index(prev), acc, is_async=True)
                 s = warpgroup_mma_wait(1, deps=(s_tok,))
                 _issue_kv(desc_k, k_ring, k_bars, slot, k_row, j + KS < n)  # K slot free: block j + KS's K
-                m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale)
-                p = gl.exp2(s * qk_scale - m_new[:, None])
-                alpha = gl.exp2(m_i - m_new)
-                l_i = l_i * alpha + gl.sum(p, 1)
-                m_i = m_new
+                p, m_i, l_i, alpha = _softmax_one(s, m_i, l_i, qk_scale)
                 acc = warpgroup_mma_wait(0, deps=(o_tok,))
                 _issue_kv(desc_v, v_ring, v_bars, prev, v_row, j - 1 + KS < n)  # V slot free: j - 1 + KS's V
                 acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
@@ -331,7 +329,7 @@ def _bsa_fwd_gluon_kernel(
     for i in gl.static_range(VS):
         mbarrier.invalidate(v_bars.index(i))
 
-    if LAST:
+    if LAST:  # O / l (0 / 0 = NaN for a row that selected nothing at all, as in the Triton kernels)
         out = acc / gl.convert_layout(l_i, o_rows)[:, None]
         out = gl.convert_layout(out.to(dtype), load_layout)
         gl.store(
@@ -360,35 +358,11 @@ def kv_descriptors(kv_blocks, d: int):
     return [TensorDescriptor(x, list(x.shape), [d, 1], [BLOCK_ROWS, d], layout) for x in kv_blocks]
 
 
-def launch(q, kv_blocks, out, idx, bounds, state, q_hw, chunk, stages: int, grid, version: int = 3) -> None:
-    """Run the kernel's key-range passes: q [B, H, Sq, D] raster order, ``kv_blocks`` the block-major K and V,
-    ``idx`` [B, H, Nq, K] int32 ascending selections, ``bounds`` the passes' list positions (triton_bsa's
-    ``_pass_bounds``: [B, H, Nq] int32 each, the last one the counts) and ``state`` the fp32 (acc, m, l) scratch the
-    passes hand on (unused with one pass). ``version`` 1 / 2: one key block per step (2: Q in registers), K and V
-    rings of ``stages`` boxes; 3: pairs of key blocks per step, K ring ``stages``, V ring ``stages + 1``. Rows
-    without any block come out NaN (0 / 0, as in the Triton kernels)."""
-    bsz, heads, sq, d = q.shape
-    ct, ch, cw = (int(c) for c in chunk)
-    hq, wq = q_hw
-    desc_k, desc_v = kv_descriptors(kv_blocks, d)
-    nk_blocks = kv_blocks[0].shape[0] // (bsz * heads * BLOCK_ROWS)
-    kernel, rings = _kernel_and_rings(version, stages)
-    passes = len(bounds) - 1
-    for r in range(passes):
-        # fmt: off
-        args = (
-            q, desc_k, desc_v, out, idx, bounds[r], bounds[r + 1], *state,
-            q.stride(0), q.stride(1), q.stride(2), out.stride(0), out.stride(1), out.stride(2),
-            idx.stride(0), idx.stride(1), idx.stride(2), bounds[-1].stride(0), bounds[-1].stride(1),
-            heads, sq, nk_blocks, _LOG2E / math.sqrt(d), hq, wq, hq // ch, wq // cw,
-        )
-        # fmt: on
-        meta = dict(CT=ct, CH=ch, CW=cw, HEAD_DIM=d, FIRST=r == 0, LAST=r == passes - 1, **rings)
-        with torch.cuda.device(q.device):
-            kernel[grid](*args, **meta, num_warps=4)
-
-
-def _kernel_and_rings(version: int, stages: int):
+def kernel_and_meta(version: int, stages: int):
+    """The kernel and its constexprs for a version (triton_bsa's ``_launch_tma`` launches it once per key-range pass
+    with the Triton TMA kernel's arguments and ``kv_descriptors``' descriptors, 4 warps): 1 / 2, one key block per
+    step (2: Q in registers), K and V rings of ``stages`` boxes; 3: pairs of key blocks per step, K ring ``stages``,
+    V ring ``stages + 1``. Rows without any block come out NaN (0 / 0, as in the Triton kernels)."""
     if version == 3:
         return _bsa_fwd_gluon_kernel, dict(KS=stages, VS=stages + 1, QREG=True, PAIRS=True)
     return _bsa_fwd_gluon_kernel, dict(KS=stages, VS=stages, QREG=version == 2, PAIRS=False)
@@ -405,7 +379,7 @@ def compile_for_sm90(version=3, stages=3, head_dim=128, dtype=torch.bfloat16, fi
     blocks = [torch.empty(rows, head_dim, dtype=dtype) for _ in range(2)]
     desc_k, desc_v = kv_descriptors(blocks, head_dim)
     ptr = "*" + {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
-    fn, rings = _kernel_and_rings(version, stages)
+    fn, rings = kernel_and_meta(version, stages)
     constexprs = dict(CT=4, CH=4, CW=4, HEAD_DIM=head_dim, FIRST=first, LAST=last, **rings)
     signature = {name: "constexpr" if name in constexprs else "i32" for name in fn.arg_names}
     signature.update(Q=ptr, O=ptr, IDX="*i32", START="*i32", END="*i32", qk_scale="fp32")

@@ -652,9 +652,10 @@ def bsa_forward(
 
 
 def _launch_tma(q, k, v, out, idx, bounds, state, q_hw, latent_k, chunk, cfg, grid, precision, kv_blocks) -> None:
-    """The TMA kernel's passes: K and V copied to block-major order once (one read and one write of each, ~0.7 ms
-    each at the 720p refine shape on an H200; or ``kv_blocks``, copies made by the caller), then one [BLOCK, D] box
-    per selected key block."""
+    """The TMA kernels' passes (the Gluon kernel where ``cfg.gluon`` applies, else the Triton one; the same
+    arguments): K and V copied to block-major order once (one read and one write of each, ~0.7 ms each at the 720p
+    refine shape on an H200; or ``kv_blocks``, copies made by the caller), then one [BLOCK, D] box per selected key
+    block."""
     bsz, heads, sq, d = q.shape
     ct, ch, cw = (int(c) for c in chunk)
     block = ct * ch * cw
@@ -666,9 +667,17 @@ def _launch_tma(q, k, v, out, idx, bounds, state, q_hw, latent_k, chunk, cfg, gr
             raise ValueError(f"kv_blocks must be contiguous [{bsz * heads * sk}, {d}] {k.dtype}; got "
                              f"{list(blocked.shape)} {blocked.dtype}")  # fmt: skip
     if cfg.gluon and q.is_cuda and _gluon_runs_on(q.device) and _gluon_module().supports(q, chunk):
-        _gluon_module().launch(q, kv_blocks, out, idx, bounds, state, q_hw, chunk, cfg.num_stages, grid, cfg.gluon)
-        return
-    descs = [TensorDescriptor(blocked, [bsz * heads * sk, d], [d, 1], [block, d]) for blocked in kv_blocks]
+        descs = _gluon_module().kv_descriptors(kv_blocks, d)
+        kernel, meta = _gluon_module().kernel_and_meta(cfg.gluon, cfg.num_stages)
+        meta["num_warps"] = 4
+    else:
+        descs = [TensorDescriptor(blocked, [bsz * heads * sk, d], [d, 1], [block, d]) for blocked in kv_blocks]
+        kernel = _bsa_fwd_tma_kernel
+        meta = dict(DOT_PRECISION=precision, WARP_SPECIALIZE=cfg.warp_specialize, PAIRS=cfg.n_sub == 2)
+        meta.update(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        if cfg.maxnreg:
+            meta["maxnreg"] = cfg.maxnreg
+    meta.update(CT=ct, CH=ch, CW=cw, HEAD_DIM=d)
     acc, m_state, l_state = state
     passes = len(bounds) - 1
     for p in range(passes):
@@ -680,16 +689,11 @@ def _launch_tma(q, k, v, out, idx, bounds, state, q_hw, latent_k, chunk, cfg, gr
             heads, sq, sk // block, _LOG2E / math.sqrt(d), hq, wq, hq // ch, wq // cw,
         )
         # fmt: on
-        meta = dict(CT=ct, CH=ch, CW=cw, HEAD_DIM=d, DOT_PRECISION=precision, WARP_SPECIALIZE=cfg.warp_specialize)
-        meta["PAIRS"] = cfg.n_sub == 2
-        meta.update(FIRST=p == 0, LAST=p == passes - 1, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-        if cfg.maxnreg:
-            meta["maxnreg"] = cfg.maxnreg
         if q.is_cuda:
             with torch.cuda.device(q.device):
-                _bsa_fwd_tma_kernel[grid](*args, **meta)
+                kernel[grid](*args, **meta, FIRST=p == 0, LAST=p == passes - 1)
         else:
-            _bsa_fwd_tma_kernel[grid](*args, **meta)
+            kernel[grid](*args, **meta, FIRST=p == 0, LAST=p == passes - 1)
 
 
 @triton.jit

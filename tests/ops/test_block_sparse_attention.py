@@ -423,7 +423,7 @@ def test_triton_kernel_in_interpreter():
     [
         (dict(tma=True, group_w=2), "TMA kernel"),  # the TMA kernels take no groups and one or two blocks per step
         (dict(tma=True, n_sub=4), "TMA kernel"),
-        (dict(tma=False, gluon=1), "the Gluon kernel"),  # the Gluon kernel: TMA, 4 warps, one block, version 1 or 2
+        (dict(tma=False, gluon=1), "the Gluon kernel"),  # the Gluon kernel: TMA, 4 warps, n_sub 1, version 1-3
         (dict(tma=True, gluon=1, n_sub=2), "the Gluon kernel"),
         (dict(tma=True, gluon=4, num_stages=3), "the Gluon kernel"),
     ],
