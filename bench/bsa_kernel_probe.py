@@ -45,6 +45,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(REPO / "bench/results"))
     ap.add_argument("--passes", default="2,3,4", help="key-range pass counts timed besides one pass")
     ap.add_argument("--gluon", default="1:2,1:3,2:2,2:3,3:2,3:3", help="Gluon kernels timed, VERSION:RING_DEPTH,...")
+    ap.add_argument("--rotate", default="", help="rotated-walk settings timed for each version, one pass: R,...")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--iters", type=int, default=3)
     args = ap.parse_args()
@@ -63,6 +64,9 @@ def main() -> None:
         for p in [1, *(int(x) for x in args.passes.split(",") if x.strip())]:
             cfg = dataclasses.replace(gluon, num_stages=stages, kv_passes=p, gluon=version)
             configs[f"gluon v{version} stages={stages} passes={p}"] = cfg
+        for r in (int(x) for x in args.rotate.split(",") if x.strip()):
+            cfg = dataclasses.replace(gluon, num_stages=stages, kv_passes=1, gluon=version, rotate=r)
+            configs[f"gluon v{version} stages={stages} passes=1 rotate={r}"] = cfg
     rows = []
     for kind in ("iid", "l2"):
         idx = selection(kind, HEADS, nb, nb, gen)
@@ -84,7 +88,7 @@ def main() -> None:
             row = dict(selection=kind, kernel=name, median_s=s, min_s=min(ts), tflops=flops / s / 1e12)
             rows.append(row | dict(max_abs_diff_vs_first=diffs[name]))
             print(
-                f"{kind:4s} {name:31s} median {s:.4f} s  min {min(ts):.4f} s  {flops / s / 1e12:.0f} TFLOP/s  "
+                f"{kind:4s} {name:40s} median {s:.4f} s  min {min(ts):.4f} s  {flops / s / 1e12:.0f} TFLOP/s  "
                 f"max |diff| vs {next(iter(configs))} {diffs[name]:.2e}"
             )
     payload = dict(env=env_info(), grid=GRID, heads=HEADS, head_dim=D, k_sel=K_SEL, rows=rows)

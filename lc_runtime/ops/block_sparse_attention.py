@@ -24,8 +24,9 @@ grids or a cdf threshold below the top block's mass; the original then divides 0
 
 CUDA selects with the Triton top-k of ``triton_topk.py`` (ascending indices in one pass, no sort) and runs the
 Triton kernel of ``triton_bsa.py`` (key blocks in ascending order). On sm_90+ (the TMA kernel, which reads
-block-major copies of k and v) one Triton pass per tensor makes k's copy and its block means, v's copy, and q's
-means (``triton_bsa.blocks_and_means``); scores in torch. Elsewhere on CUDA, q and k are pooled in torch straight
+block-major copies of k and v) one Triton pass per tensor makes k's copy and its block means, v's copy (on a side
+stream, beside the selection), and q's means (``triton_bsa.blocks_and_means``); scores by a bf16 GEMM with fp32
+output (:func:`block_scores`). Elsewhere on CUDA, q and k are pooled in torch straight
 from the raster layout and the gathered kernel reads the raster layout. Every other device runs the fp32 PyTorch
 reference ``block_sparse_attention_ref``.
 
@@ -36,6 +37,8 @@ shape on iid bf16 inputs, 2 of 21.6 million means differed between the Triton pa
 selection did (bench/bench_bsa.py records both).
 """
 
+import contextlib
+import functools
 import math
 from collections.abc import Sequence
 
@@ -124,17 +127,44 @@ def _topk_ascending(scores: torch.Tensor, k: int) -> torch.Tensor:
 SELECTION_ORDERS = ("descending", "any", "ascending")
 
 
-def _select_from_means(q_mean, k_mean, sparsity, cdf_threshold, order="descending"):
+@functools.cache
+def _bmm_to_fp32_available(device_type: str) -> bool:
+    """Whether this torch has ``torch.bmm(..., out_dtype=torch.float32)`` for bf16 inputs on the device."""
+    try:
+        x = torch.zeros(1, 16, 16, dtype=torch.bfloat16, device=device_type)
+        return torch.bmm(x, x, out_dtype=torch.float32).dtype == torch.float32
+    except (RuntimeError, TypeError, NotImplementedError):
+        return False
+
+
+def block_scores(q_mean: torch.Tensor, k_mean: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Gate scores q̄·k̄ᵀ in fp32, no scale (SPEC §5 step 2), of fp32 means [B, H, N, D].
+
+    ``dtype``: the input dtype the means were rounded to. For bf16 / fp16 on CUDA the scores come from a tensor-core
+    GEMM of the means in that dtype with fp32 accumulation and output: each product of two bf16 (fp16) values is
+    exact in fp32, so it sums the same products as the fp32 matmul, in another order (as any two fp32 GEMMs may; the
+    original multiplies its bf16 means too, SPEC §5 step 2). At the 720p refine shape on an H200: 0.3 ms against
+    1.8 ms, and 3 (iid inputs) / 2 (RoPE-structured) of 84,480 query blocks select differently, near-ties that the
+    two summation orders break differently (bench/bsa_op_probe.py, results/bsa_op_probe_nvidia-h200_20261122-s12a).
+    Elsewhere: the fp32 matmul."""
+    if dtype in (torch.bfloat16, torch.float16) and q_mean.is_cuda and _bmm_to_fp32_available(q_mean.device.type):
+        qm, km = (x.to(dtype).flatten(0, 1) for x in (q_mean, k_mean))
+        return torch.bmm(qm, km.transpose(1, 2), out_dtype=torch.float32).unflatten(0, q_mean.shape[:2])
+    return torch.matmul(q_mean, k_mean.transpose(-1, -2))
+
+
+def _select_from_means(q_mean, k_mean, sparsity, cdf_threshold, order="descending", dtype=None):
     """q_mean [B, H, Nq, D], k_mean [B, H, Nk, D] (fp32) -> (indices [B, H, Nq, K_max] int64, counts [B, H, Nq]).
 
     ``order`` of each row's selected blocks: "descending" score (the original's order), "any" (topk mode skips
     top-k's sort; for callers that re-sort anyway) or "ascending" block index (what the CUDA kernel visits; topk mode
-    selects with one Triton pass on CUDA instead of top-k and a sort; padding slots of the cdf modes hold 0)."""
+    selects with one Triton pass on CUDA instead of top-k and a sort; padding slots of the cdf modes hold 0).
+    ``dtype``: the input dtype the means were rounded to (see :func:`block_scores`)."""
     if order not in SELECTION_ORDERS:
         raise ValueError(f"selection order must be one of {SELECTION_ORDERS}; got {order!r}")
     if sparsity is None and cdf_threshold is None:
         raise ValueError("block-sparse attention needs sparsity, cdf_threshold or both; got neither")
-    scores = torch.matmul(q_mean, k_mean.transpose(-1, -2))  # fp32, no scale (SPEC §5 step 2)
+    scores = block_scores(q_mean, k_mean, dtype)
     nk = scores.shape[-1]
     if cdf_threshold is None:
         k_sel = num_selected_blocks(nk, sparsity)
@@ -209,7 +239,7 @@ def select_blocks_raster(
     "ascending" block index (same sets; see ``_select_from_means``)."""
     q_mean = raster_block_means(q, latent_shape_q, chunk, "q")
     k_mean = raster_block_means(k, latent_shape_k, chunk, "k")
-    return _select_from_means(q_mean, k_mean, sparsity, cdf_threshold, order)
+    return _select_from_means(q_mean, k_mean, sparsity, cdf_threshold, order, q.dtype)
 
 
 def ascending_selection(indices: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
@@ -362,6 +392,27 @@ def _bsa_op(
     return _empty_output(q).copy_(ref)
 
 
+# Whether the op's sm_90 path copies v to block-major order on a side stream, concurrently with the selection
+# (bench/bench_bsa.py times both; False: all on the caller's stream).
+OVERLAP_V_COPY = True
+
+
+@functools.cache
+def _side_stream(device: torch.device) -> torch.cuda.Stream:
+    return torch.cuda.Stream(device)
+
+
+@contextlib.contextmanager
+def _forked(side):
+    """Runs its block on ``side`` (after the caller's stream's work so far), or inline when ``side`` is None."""
+    if side is None:
+        yield
+        return
+    side.wait_stream(torch.cuda.current_stream(side.device))
+    with torch.cuda.stream(side):
+        yield
+
+
 @_bsa_op.register_kernel("cuda")
 def _bsa_cuda(q, k, v, latent_shape_q, latent_shape_k, sparsity, cdf_threshold, chunk_3d_shape):
     from lc_runtime.ops import triton_bsa  # triton is only needed (and importable) on CUDA machines
@@ -377,10 +428,17 @@ def _bsa_cuda(q, k, v, latent_shape_q, latent_shape_k, sparsity, cdf_threshold, 
         _block_grid(latent_shape_q, chunk_3d_shape, q.shape[2], "q")
         _block_grid(latent_shape_k, chunk_3d_shape, k.shape[2], "k")
         k_blocks, k_mean = triton_bsa.blocks_and_means(k, latent_shape_k, chunk_3d_shape)
-        v_blocks = triton_bsa.blocks_and_means(v, latent_shape_k, chunk_3d_shape, pool=False)[0]
         q_mean = triton_bsa.blocks_and_means(q, latent_shape_q, chunk_3d_shape, store=False)[1]
-        indices, counts = _select_from_means(q_mean, k_mean, sparsity, cdf_threshold, "ascending")
+        # v's copy (memory-bound) runs on a side stream, beside the selection's GEMM and top-k (compute-bound)
+        # (into memory of the caller's stream, which waits for it before the kernel)
+        v_blocks = torch.empty(v.numel() // v.shape[-1], v.shape[-1], dtype=v.dtype, device=v.device)
+        side = _side_stream(q.device) if OVERLAP_V_COPY and q.is_cuda else None
+        with _forked(side):
+            triton_bsa.blocks_and_means(v, latent_shape_k, chunk_3d_shape, pool=False, out=v_blocks)
+        indices, counts = _select_from_means(q_mean, k_mean, sparsity, cdf_threshold, "ascending", q.dtype)
         del q_mean, k_mean
+        if side is not None:
+            torch.cuda.current_stream(q.device).wait_stream(side)
         return triton_bsa.bsa_forward(
             q, k, v, indices, counts, latent_shape_q, latent_shape_k, chunk_3d_shape, out=out, order="sorted",
             kv_blocks=(k_blocks, v_blocks),

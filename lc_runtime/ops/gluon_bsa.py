@@ -30,8 +30,10 @@ SM. One kernel holds all three versions (constexprs ``QREG``, ``PAIRS``; ``KS`` 
 one-touch traffic (Q, O, the pass state) is marked evict-first in the L2, so that it does not push out K/V
 boxes other programs re-read (uniformly random selections, 3 passes, the same H200: 0.0604-0.0616 s against
 0.0620-0.0622 s). Key-range passes carry (m, l, O) in fp32 between launches as the Triton kernels do (2.8 GB of
-scratch at the 720p refine shape); the op's default runs as many as keep a slice of a head's K/V in half the L2
-(3 on an H200).
+scratch at the 720p refine shape); the op runs one pass with rotated walks instead (``ROTATE``: each program
+starts its ascending list at the key-range phase the launch's progress counter gives and wraps around, see
+triton_bsa's design note), or, under ``torch.use_deterministic_algorithms(True)``, as many passes as keep a slice of a
+head's K/V in half the L2 (3 on an H200).
 
 Measured on an H200 at the 720p refine shape (bench/bsa_kernel_probe.py, bench/results/bsa_kernel_probe_*.json and
 bsa_h200_20261122-v3.md): from an L2-resident K/V slice, where the kernel's own speed shows, version 3 takes 0.0554-
@@ -73,10 +75,15 @@ def _issue_kv(desc, ring, bars, slot, row, pred):
 
 
 @gluon.jit
-def _box_row(idx_row, i, n, kv_row0, BLOCK: gl.constexpr):
+def _box_row(idx_row, i, n, kv_row0, first, BLOCK: gl.constexpr, ROTATE: gl.constexpr):
     """First row, in the block-major K/V copies, of the row's i-th selected block (past the row's count: the
-    head's first block, for a load that is predicated off)."""
-    return (kv_row0 + gl.load(idx_row + i, mask=i < n, other=0)) * BLOCK
+    head's first block, for a load that is predicated off). ``ROTATE``: the i-th block of the walk that starts at
+    list position ``first`` and wraps around."""
+    j = i
+    if ROTATE:
+        j = i + first
+        j = j - n * (j >= n).to(gl.int32)
+    return (kv_row0 + gl.load(idx_row + j, mask=i < n, other=0)) * BLOCK
 
 
 @gluon.jit
@@ -131,6 +138,8 @@ def _bsa_fwd_gluon_kernel(
     q_grid_w,
     q_blocks_h,
     q_blocks_w,
+    PROGRESS,
+    TURN,
     CT: gl.constexpr,
     CH: gl.constexpr,
     CW: gl.constexpr,
@@ -141,6 +150,8 @@ def _bsa_fwd_gluon_kernel(
     PAIRS: gl.constexpr,
     FIRST: gl.constexpr,
     LAST: gl.constexpr,
+    ROTATE: gl.constexpr = False,
+    K_MAX: gl.constexpr = 1,
 ):
     BLOCK: gl.constexpr = CT * CH * CW
     dtype: gl.constexpr = desc_k.dtype
@@ -204,11 +215,19 @@ def _bsa_fwd_gluon_kernel(
     n = gl.load(END + sel) - start
     idx_row = IDX + b * stride_ib + h * stride_ih + pid_q.to(gl.int64) * stride_iq + start
     kv_row0 = pid_bh * nk_blocks
+    if ROTATE:  # one pass: the walk starts at the first selected block at or after the common phase, wraps around
+        done = gl.load(PROGRESS, volatile=True)
+        phase = (done * nk_blocks // gl.load(TURN)) % nk_blocks
+        lst = gl.arange(0, K_MAX, layout=gl.BlockedLayout([1], [32], [4], [0]))
+        listed = gl.load(idx_row + lst, mask=lst < n, other=0)
+        first = gl.sum(((listed < phase) & (lst < n)).to(gl.int32), axis=0)
+    else:
+        first = 0
     s_zero = gl.zeros([BLOCK, BLOCK], gl.float32, s_layout)
 
     if PAIRS:  # version 3: two key blocks per softmax update
         for i in gl.static_range(VS):  # the V ring is the deeper one
-            row = _box_row(idx_row, i, n, kv_row0, BLOCK)
+            row = _box_row(idx_row, i, n, kv_row0, first, BLOCK, ROTATE)
             if i < KS:
                 _issue_kv(desc_k, k_ring, k_bars, i, row, i < n)
             _issue_kv(desc_v, v_ring, v_bars, i, row, i < n)
@@ -216,8 +235,8 @@ def _bsa_fwd_gluon_kernel(
         npairs = n // 2
         if npairs > 0:
             # pair 0: its scores, softmax, and the rescale of a carried state (alpha = 0 on a fresh one)
-            kr_a = _box_row(idx_row, KS, n, kv_row0, BLOCK)
-            kr_b = _box_row(idx_row, KS + 1, n, kv_row0, BLOCK)
+            kr_a = _box_row(idx_row, KS, n, kv_row0, first, BLOCK, ROTATE)
+            kr_b = _box_row(idx_row, KS + 1, n, kv_row0, first, BLOCK, ROTATE)
             mbarrier.wait(k_bars.index(0), 0)
             sa_tok = warpgroup_mma(q_op, k_ring.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
             mbarrier.wait(k_bars.index(1 % KS), (1 // KS) & 1)
@@ -232,10 +251,10 @@ def _bsa_fwd_gluon_kernel(
             for pj in range(1, npairs):
                 a = 2 * pj
                 # the rows of this iteration's refills, loaded before the waits that hide their latency
-                kr_a = _box_row(idx_row, a + KS, n, kv_row0, BLOCK)
-                kr_b = _box_row(idx_row, a + 1 + KS, n, kv_row0, BLOCK)
-                vr_a = _box_row(idx_row, a - 2 + VS, n, kv_row0, BLOCK)
-                vr_b = _box_row(idx_row, a - 1 + VS, n, kv_row0, BLOCK)
+                kr_a = _box_row(idx_row, a + KS, n, kv_row0, first, BLOCK, ROTATE)
+                kr_b = _box_row(idx_row, a + 1 + KS, n, kv_row0, first, BLOCK, ROTATE)
+                vr_a = _box_row(idx_row, a - 2 + VS, n, kv_row0, first, BLOCK, ROTATE)
+                vr_b = _box_row(idx_row, a - 1 + VS, n, kv_row0, first, BLOCK, ROTATE)
                 mbarrier.wait(k_bars.index(a % KS), (a // KS) & 1)
                 sa_tok = warpgroup_mma(q_op, k_ring.index(a % KS).permute((1, 0)), s_zero, use_acc=False, is_async=True)
                 mbarrier.wait(k_bars.index((a + 1) % KS), ((a + 1) // KS) & 1)
@@ -256,6 +275,8 @@ def _bsa_fwd_gluon_kernel(
                 _issue_kv(desc_v, v_ring, v_bars, (a - 2) % VS, vr_a, a - 2 + VS < n)
                 _issue_kv(desc_v, v_ring, v_bars, (a - 1) % VS, vr_b, a - 1 + VS < n)
                 acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
+                if ROTATE:
+                    gl.atomic_add(PROGRESS, 2, sem="relaxed")
                 pa_op = pa_op_next
                 pb_op = pb_op_next
             # the last pair's PV
@@ -280,14 +301,14 @@ def _bsa_fwd_gluon_kernel(
         if n > 0:  # a row can select no block in a pass's key range: its state passes through
             # prologue: the first KS blocks' K and V in flight
             for i in gl.static_range(KS):
-                row = _box_row(idx_row, i, n, kv_row0, BLOCK)
+                row = _box_row(idx_row, i, n, kv_row0, first, BLOCK, ROTATE)
                 _issue_kv(desc_k, k_ring, k_bars, i, row, i < n)
                 _issue_kv(desc_v, v_ring, v_bars, i, row, i < n)
             # Box rows of the next refills, loaded an iteration before they are issued (a scalar load waited for at
             # the issue would stall the softmax): the K refill of iteration j is block j + KS, the V refill block
             # j - 1 + KS, i.e. the previous iteration's K refill.
-            k_row = _box_row(idx_row, KS, n, kv_row0, BLOCK)
-            k_row_next = _box_row(idx_row, KS + 1, n, kv_row0, BLOCK)
+            k_row = _box_row(idx_row, KS, n, kv_row0, first, BLOCK, ROTATE)
+            k_row_next = _box_row(idx_row, KS + 1, n, kv_row0, first, BLOCK, ROTATE)
 
             # block 0: S_0, its softmax, and the rescale of a carried state (alpha = 0 on a fresh one)
             mbarrier.wait(k_bars.index(0), 0)
@@ -303,7 +324,7 @@ def _bsa_fwd_gluon_kernel(
                 slot = j % KS
                 prev = (j - 1) % KS
                 ahead = j + 1 + KS
-                k_row_next = _box_row(idx_row, ahead, n, kv_row0, BLOCK)
+                k_row_next = _box_row(idx_row, ahead, n, kv_row0, first, BLOCK, ROTATE)
                 mbarrier.wait(k_bars.index(slot), (j // KS) & 1)
                 s_tok = warpgroup_mma(q_op, k_ring.index(slot).permute((1, 0)), s_zero, use_acc=False, is_async=True)
                 mbarrier.wait(v_bars.index(prev), ((j - 1) // KS) & 1)
@@ -315,6 +336,8 @@ def _bsa_fwd_gluon_kernel(
                 acc = warpgroup_mma_wait(0, deps=(o_tok,))
                 _issue_kv(desc_v, v_ring, v_bars, prev, v_row, j - 1 + KS < n)  # V slot free: j - 1 + KS's V
                 acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
+                if ROTATE:
+                    gl.atomic_add(PROGRESS, 1, sem="relaxed")
                 v_row = k_row
                 k_row = k_row_next
 
@@ -368,7 +391,7 @@ def kernel_and_meta(version: int, stages: int):
     return _bsa_fwd_gluon_kernel, dict(KS=stages, VS=stages, QREG=version == 2, PAIRS=False)
 
 
-def compile_for_sm90(version=3, stages=3, head_dim=128, dtype=torch.bfloat16, first=True, last=True):
+def compile_for_sm90(version=3, stages=3, head_dim=128, dtype=torch.bfloat16, first=True, last=True, rotate=False):
     """Compile a kernel version for sm_90 without a GPU (Triton's bundled ptxas): the compiled kernel, whose
     ``asm`` and ``metadata.shared`` the CPU tests read."""
     from triton.backends.compiler import GPUTarget
@@ -380,10 +403,10 @@ def compile_for_sm90(version=3, stages=3, head_dim=128, dtype=torch.bfloat16, fi
     desc_k, desc_v = kv_descriptors(blocks, head_dim)
     ptr = "*" + {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
     fn, rings = kernel_and_meta(version, stages)
-    constexprs = dict(CT=4, CH=4, CW=4, HEAD_DIM=head_dim, FIRST=first, LAST=last, **rings)
+    constexprs = dict(CT=4, CH=4, CW=4, HEAD_DIM=head_dim, FIRST=first, LAST=last, ROTATE=rotate, K_MAX=256, **rings)
     signature = {name: "constexpr" if name in constexprs else "i32" for name in fn.arg_names}
     signature.update(Q=ptr, O=ptr, IDX="*i32", START="*i32", END="*i32", qk_scale="fp32")
-    signature.update(ACC="*fp32", M_STATE="*fp32", L_STATE="*fp32")
+    signature.update(ACC="*fp32", M_STATE="*fp32", L_STATE="*fp32", PROGRESS="*i64", TURN="*i64")
     signature.update(desc_k=mangle_type(desc_k), desc_v=mangle_type(desc_v))
     src = GluonASTSource(fn, signature, {(fn.arg_names.index(k),): v for k, v in constexprs.items()})
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})

@@ -77,6 +77,23 @@ fewer bytes per FLOP: query blocks that share a K/V box
 (two consumer warpgroups over the union of neighbours' selections, as the grouped Triton kernel does, but each
 warpgroup computing only its own blocks), not written.
 
+Rotated walks (``rotate``; the sm_90 default since session 12): key-range passes buy their L2 locality with the fp32
+state and a prologue per pass; rotated walks get it in one pass. A program starts its ascending walk at the first
+selected block at or after the phase (G * Nk / T) mod Nk and wraps around, where G counts the key blocks that all
+programs of the launch have processed so far (a device counter each program bumps once per step with a relaxed
+atomic) and T = R x SMs x the mean selection count, one turn of the key range per resident cohort's work. The phase
+advances with the launch's progress and every program walks at the pace of its own blocks, so all resident programs
+read about one region of the head's K/V, whenever they started. Session 9 took the phase from the launch order
+instead (lin * Nk / (R x SMs), the Triton TMA kernel): slower (0.0705 s against 0.0688 s). A launch-order phase spreads
+the first wave over the whole key range (its programs all start together), and that kernel lost only ~4 ms to L2
+misses. The Gluon kernel loses ~13 ms (one pass: 0.0690 s on uniformly random selections against 0.0560 s from an
+L2-resident slice); rotated by progress (R = 2) it takes 0.0571 s, 3 passes 0.0597 s, same run
+(bench/results/bsa_kernel_probe_nvidia-h200_20261122-rotate.json; R = 3: 0.0575 s, R = 4: 0.0609 s, R = 1: 0.0759 s).
+It needs neither the 2.8 GB of pass state nor the pass bounds. The cost: the walk order, and so the output's fp32
+rounding, depends on timing, so the bits can differ between runs (by the kernel's own rounding: the probe's max
+difference against the Triton TMA kernel is 4.88e-4, as for the ascending walk); under
+``torch.use_deterministic_algorithms(True)`` the op runs ``GLUON_DETERMINISTIC_CONFIG`` (passes) instead.
+
 Grouped query blocks (``group_h`` x ``group_w`` > 1; why and what): fewer bytes per FLOP, i.e. more query rows per
 loaded K/V tile. A program therefore takes G = group_h * group_w
 neighbouring query blocks (pairs adjacent in w, then h: neighbours in the 3-D grid select the most common key blocks)
@@ -130,7 +147,10 @@ class BsaKernelConfig:
     the TMA kernel software-pipelined by hand in Gluon (gluon_bsa.py; 2: Q held in registers; 3: also pairs of key
     blocks per softmax update; needs tma, n_sub 1, 4 warps; num_stages = its K and V ring depth, version 3's V ring
     one deeper), used where it applies (sm_90, bf16/fp16, 64-token blocks, head_dim
-    64..256), the Triton TMA kernel elsewhere."""
+    64..256), the Triton TMA kernel elsewhere; rotate: R > 0 (Gluon kernel, one pass) starts each program's walk over
+    its ascending list at the phase of the key range that all programs share at that moment (key blocks done so far
+    in the launch, one turn per R x SMs programs' selections), wrapping around, so that the resident programs read
+    one region of K/V (see "Rotated walks" in the design note; the output bits depend on timing)."""
 
     n_sub: int = 1
     num_warps: int = 4
@@ -142,6 +162,7 @@ class BsaKernelConfig:
     warp_specialize: bool = False
     maxnreg: int | None = None
     gluon: int = 0
+    rotate: int = 0
 
     @property
     def group(self) -> int:
@@ -160,7 +181,14 @@ TMA_CONFIG = BsaKernelConfig(num_stages=4, kv_passes=1, tma=True)
 # misses: a head's K/V is 86.5 MB), so the passes stay; version 2 in 3 passes 0.0648-0.0651 / 0.0643-0.0645 s. From an
 # L2-resident slice (bsa_kernel_probe_nvidia-h200_20261122-v3.json) 0.0554-0.0560 s against 0.0592 s (v2), 0.0656 s
 # (TMA_CONFIG).
-GLUON_CONFIG = BsaKernelConfig(num_stages=3, kv_passes=None, tma=True, gluon=3)
+# Session 12: rotated walks (``rotate``, one pass; see "Rotated walks" in the design note) keep the resident
+# programs on one region of a head's K/V without the passes' fp32 state: uniformly random selections 0.0571 s against
+# 0.0597 s in 3 passes and 0.0690 s in one unrotated pass, same run
+# (bench/results/bsa_kernel_probe_nvidia-h200_20261122-rotate.json). Their walk order depends on timing, so their
+# output bits can differ from run to run (by fp32 rounding); ``GLUON_DETERMINISTIC_CONFIG`` (3 passes on an H200) is
+# what the op runs under ``torch.use_deterministic_algorithms(True)``.
+GLUON_CONFIG = BsaKernelConfig(num_stages=3, kv_passes=1, tma=True, gluon=3, rotate=2)
+GLUON_DETERMINISTIC_CONFIG = BsaKernelConfig(num_stages=3, kv_passes=None, tma=True, gluon=3)
 # Grouped variant: pairs of w-neighbouring query blocks, 128-row tiles over the union of their selections (two
 # warpgroups). Wins when neighbours share selections (real / RoPE-structured heads), loses on iid inputs.
 GROUPED_CONFIG = BsaKernelConfig(num_warps=8, num_stages=3, group_w=2)
@@ -177,12 +205,15 @@ def set_default_config(config: BsaKernelConfig | None) -> BsaKernelConfig | None
 
 def default_config(q: torch.Tensor) -> BsaKernelConfig:
     """The launch configuration the op uses for ``q``: an override (:func:`set_default_config`), else the Gluon
-    kernel on sm_90 GPUs (when this Triton has Gluon), the Triton TMA kernel on other sm_90+ GPUs, else the gathered
+    kernel on sm_90 GPUs (when this Triton has Gluon; with rotated walks, or in key-range passes when
+    ``torch.are_deterministic_algorithms_enabled()``), the Triton TMA kernel on other sm_90+ GPUs, else the gathered
     kernel."""
     if _override is not None:
         return _override
     if q.is_cuda and torch.cuda.get_device_capability(q.device)[0] >= 9:
-        return GLUON_CONFIG if _gluon_runs_on(q.device) else TMA_CONFIG
+        if not _gluon_runs_on(q.device):
+            return TMA_CONFIG
+        return GLUON_DETERMINISTIC_CONFIG if torch.are_deterministic_algorithms_enabled() else GLUON_CONFIG
     return DEFAULT_CONFIG
 
 
@@ -594,6 +625,8 @@ def bsa_forward(
     if cfg.tma and q.is_cuda and torch.cuda.get_device_capability(q.device)[0] < 9:
         raise ValueError("the TMA kernel needs an sm_90+ GPU (Hopper or newer); use BsaKernelConfig(tma=False)")
     passes = cfg.kv_passes or auto_kv_passes(k)
+    if cfg.rotate and not (cfg.gluon and passes == 1 and order != "as_given"):
+        raise ValueError(f"rotated walks need the Gluon kernel, one key-range pass and a sorted selection; got {cfg}")
     if order not in ("sort", "sorted", "as_given") or (order == "as_given" and (passes > 1 or cfg.group > 1)):
         raise ValueError(
             f"order must be 'sort' or 'sorted' ('as_given' needs kv_passes=1 and no groups); got {order!r}, {passes}"
@@ -670,6 +703,15 @@ def _launch_tma(q, k, v, out, idx, bounds, state, q_hw, latent_k, chunk, cfg, gr
         descs = _gluon_module().kv_descriptors(kv_blocks, d)
         kernel, meta = _gluon_module().kernel_and_meta(cfg.gluon, cfg.num_stages)
         meta["num_warps"] = 4
+        if cfg.rotate:  # the common phase: key blocks done so far in all, one turn per resident programs' work
+            resident = cfg.rotate * torch.cuda.get_device_properties(q.device).multi_processor_count
+            counts = bounds[-1]
+            turn = (counts.sum(dtype=torch.int64) * resident // counts.numel()).clamp(min=1).reshape(1)
+            progress = torch.zeros(1, dtype=torch.int64, device=q.device)
+            meta.update(ROTATE=True, K_MAX=triton.next_power_of_2(idx.shape[-1]))
+        else:
+            turn = progress = idx  # not read
+        extra = (progress, turn)
     else:
         descs = [TensorDescriptor(blocked, [bsz * heads * sk, d], [d, 1], [block, d]) for blocked in kv_blocks]
         kernel = _bsa_fwd_tma_kernel
@@ -677,6 +719,7 @@ def _launch_tma(q, k, v, out, idx, bounds, state, q_hw, latent_k, chunk, cfg, gr
         meta.update(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         if cfg.maxnreg:
             meta["maxnreg"] = cfg.maxnreg
+        extra = ()
     meta.update(CT=ct, CH=ch, CW=cw, HEAD_DIM=d)
     acc, m_state, l_state = state
     passes = len(bounds) - 1
@@ -686,7 +729,7 @@ def _launch_tma(q, k, v, out, idx, bounds, state, q_hw, latent_k, chunk, cfg, gr
             q, *descs, out, idx, bounds[p], bounds[p + 1], acc, m_state, l_state,
             q.stride(0), q.stride(1), q.stride(2), out.stride(0), out.stride(1), out.stride(2),
             idx.stride(0), idx.stride(1), idx.stride(2), bounds[-1].stride(0), bounds[-1].stride(1),
-            heads, sq, sk // block, _LOG2E / math.sqrt(d), hq, wq, hq // ch, wq // cw,
+            heads, sq, sk // block, _LOG2E / math.sqrt(d), hq, wq, hq // ch, wq // cw, *extra,
         )
         # fmt: on
         if q.is_cuda:
@@ -722,11 +765,12 @@ def _blocks_means_kernel(
         tl.store(MEAN + (bh * n_blocks + n) * HEAD_DIM + d, mean.to(X.dtype.element_ty).to(tl.float32))
 
 
-def blocks_and_means(x: torch.Tensor, latent_shape, chunk, *, store: bool = True, pool: bool = True):
+def blocks_and_means(x: torch.Tensor, latent_shape, chunk, *, store: bool = True, pool: bool = True, out=None):
     """One pass over raster-ordered x [B, H, S, D] (unit stride along D): its block-major copy ([B·H·S, D]
     contiguous, as ``reorder_to_blocks(x).reshape(-1, D)``) when ``store``, and its per-block means ([B, H, N_blk, D]
     fp32 holding values rounded to x's dtype, as ``raster_block_means``) when ``pool``; None for what is not asked.
-    The block must be a power of two of >= 16 tokens and D a power of two (what the BSA kernels take)."""
+    The block must be a power of two of >= 16 tokens and D a power of two (what the BSA kernels take). ``out``: where
+    to write the copy (contiguous [B·H·S, D] of x's dtype; allocated here when None)."""
     bsz, heads, seq, d = x.shape
     ct, ch, cw = (int(c) for c in chunk)
     block = ct * ch * cw
@@ -737,7 +781,11 @@ def blocks_and_means(x: torch.Tensor, latent_shape, chunk, *, store: bool = True
     if t * hh * w != seq or t % ct or hh % ch or w % cw:
         raise ValueError(f"latent shape {tuple(latent_shape)} does not tile {seq} tokens by chunk {tuple(chunk)}")
     n_blocks = seq // block
-    out = torch.empty(bsz * heads * seq, d, dtype=x.dtype, device=x.device) if store else None
+    if out is None and store:
+        out = torch.empty(bsz * heads * seq, d, dtype=x.dtype, device=x.device)
+    elif store and (out.shape != (bsz * heads * seq, d) or out.dtype != x.dtype or not out.is_contiguous()):
+        raise ValueError(f"blocks_and_means: out must be contiguous [{bsz * heads * seq}, {d}] {x.dtype}; got "
+                         f"{list(out.shape)} {out.dtype}")  # fmt: skip
     mean = torch.empty(bsz, heads, n_blocks, d, dtype=torch.float32, device=x.device) if pool else None
     if not (store or pool):
         return out, mean

@@ -200,9 +200,53 @@ def test_op_on_cuda_matches_golden(golden, name):
     # (version, ring depth, key-range passes)
     gluon = [(1, 2, 1), (1, 3, 1), (1, 2, 2), (2, 2, 1), (2, 3, 3), (3, 2, 1), (3, 3, 1), (3, 3, 3)]
     configs += [triton_bsa.BsaKernelConfig(num_stages=s, tma=True, kv_passes=p, gluon=g) for g, s, p in gluon] * hopper
+    # rotated walks (the sm_90 default is R = 2): other turn lengths, and version 1 (one block per step)
+    rotated = [(3, 1), (3, 4), (1, 2)]
+    configs += [triton_bsa.BsaKernelConfig(tma=True, kv_passes=1, gluon=g, rotate=r) for g, r in rotated] * hopper
     for cfg in configs:
         out = triton_bsa.bsa_forward(qc, kc, vc, idx, counts, lq, lk, chunk, cfg)
         assert_within_precision(out.cpu(), ref32, ref16, f"{name}: {cfg}")
+    if sm90:  # deterministic mode: key-range passes instead of rotated walks, the same bits on every run
+        torch.use_deterministic_algorithms(True)
+        try:
+            assert triton_bsa.default_config(qc) == triton_bsa.GLUON_DETERMINISTIC_CONFIG
+            runs = [block_sparse_attention(qc, kc, vc, lq, lk, meta["sparsity"], None, chunk) for _ in range(3)]
+        finally:
+            torch.use_deterministic_algorithms(False)
+        assert all(torch.equal(runs[0], r) for r in runs[1:])
+        assert_within_precision(runs[0].cpu(), ref32, ref16, f"{name}: op, deterministic")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the Triton kernels)")
+@pytest.mark.parametrize("deterministic", [False, True], ids=["default", "deterministic"])
+def test_op_replays_in_a_cuda_graph(golden, deterministic):
+    """The op's CUDA path (v's copy on a side stream, the rotated walks' progress counter zeroed per call) captures
+    into a CUDA graph, as the engines capture the DiT; replays give the golden-precision result (and, in
+    deterministic mode, the eager run's bits)."""
+    meta, q, k, v, _, gold_idx, gold_lens = golden_case(golden, GOLDEN_CASES[0])
+    lq, lk, chunk = meta["latent_shape_q"], meta["latent_shape_k"], meta["chunk_3d_shape"]
+    ref32, ref16 = golden_references(meta, q, k, v, gold_idx, gold_lens)
+    qc, kc, vc = (x.cuda() for x in (q, k, v))
+    torch.use_deterministic_algorithms(deterministic)
+    try:
+        run = lambda: block_sparse_attention(qc, kc, vc, lq, lk, meta["sparsity"], None, chunk)  # noqa: E731
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up (compiles) off the capturing stream, as torch.cuda.graph wants
+            eager = run()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static = run()
+        for _ in range(2):
+            static.zero_()
+            graph.replay()
+            torch.cuda.synchronize()
+            assert_within_precision(static.cpu(), ref32, ref16, f"graph replay (deterministic={deterministic})")
+            assert not deterministic or torch.equal(static, eager)
+    finally:
+        torch.use_deterministic_algorithms(False)
 
 
 # ---------------------------------------------------------------------------------------------- modes / shapes
@@ -426,6 +470,8 @@ def test_triton_kernel_in_interpreter():
         (dict(tma=False, gluon=1), "the Gluon kernel"),  # the Gluon kernel: TMA, 4 warps, n_sub 1, version 1-3
         (dict(tma=True, gluon=1, n_sub=2), "the Gluon kernel"),
         (dict(tma=True, gluon=4, num_stages=3), "the Gluon kernel"),
+        (dict(tma=True, rotate=2, kv_passes=1), "rotated walks"),  # rotated walks: Gluon kernel, one pass
+        (dict(tma=True, gluon=3, rotate=2, kv_passes=3), "rotated walks"),
     ],
 )
 def test_tma_and_gluon_configs_refuse_what_their_kernel_is_not(cfg, needle):
@@ -435,6 +481,23 @@ def test_tma_and_gluon_configs_refuse_what_their_kernel_is_not(cfg, needle):
     idx, counts = select_blocks_raster(q, q, (2, 8, 8), (2, 8, 8), 0.5, None, (2, 4, 8))
     with pytest.raises(ValueError, match=needle):
         bsa_forward(q, q, q, idx, counts, (2, 8, 8), (2, 8, 8), (2, 4, 8), BsaKernelConfig(**cfg))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed (not a dependency)")
+def test_sm90_default_is_rotated_walks_unless_deterministic(monkeypatch):
+    """On sm_90 the op runs the Gluon kernel with rotated walks (whose output bits depend on timing), and key-range
+    passes (the same bits every run) under torch.use_deterministic_algorithms(True)."""
+    from types import SimpleNamespace
+
+    from lc_runtime.ops import triton_bsa
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(triton_bsa, "_gluon_runs_on", lambda device: True)
+    q = SimpleNamespace(is_cuda=True, device=torch.device("cuda", 0))
+    assert triton_bsa.default_config(q) == triton_bsa.GLUON_CONFIG and triton_bsa.GLUON_CONFIG.rotate
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
+    det = triton_bsa.default_config(q)
+    assert det == triton_bsa.GLUON_DETERMINISTIC_CONFIG and not det.rotate and det.gluon == 3
 
 
 def _cubin_resources(kernel) -> dict:
@@ -457,15 +520,16 @@ def _cubin_resources(kernel) -> dict:
 @pytest.mark.parametrize("version", [1, 2, 3], ids=["gluon1", "gluon2", "gluon3"])
 def test_gluon_kernel_compiles_for_sm90_two_programs_per_sm(version):
     """The op's sm_90 kernel (Gluon, which the Triton interpreter cannot run) compiled for sm_90 without a GPU, in the
-    variants the op launches (first / middle / last key-range pass): no spills, and registers and shared memory for
-    two programs per SM (the occupancy its design and the H200 timings assume). The GPU tests check its results."""
+    variants the op launches (first / middle / last key-range pass, one rotated pass): no spills, and registers and
+    shared memory for two programs per SM (the occupancy its design and the H200 timings assume). The GPU tests check
+    its results."""
     try:
         from lc_runtime.ops import gluon_bsa
     except (ImportError, AttributeError) as e:  # a Triton without this Gluon API: the op falls back, nothing to build
         pytest.skip(f"Gluon unavailable: {e}")
     sm_shared, reserved = 228 * 1024, 1024  # per SM on sm_90; the driver reserves 1 KB per program
-    for first, last in ((True, True), (False, False), (False, True)):
-        kernel = gluon_bsa.compile_for_sm90(version, stages=3, first=first, last=last)
+    for first, last, rotate in ((True, True, False), (False, False, False), (False, True, False), (True, True, True)):
+        kernel = gluon_bsa.compile_for_sm90(version, stages=3, first=first, last=last, rotate=rotate)
         res = _cubin_resources(kernel)
         assert res["LOCAL"] == 0 and res["STACK"] == 0, res
         assert 2 * 128 * res["REG"] <= 65536, res

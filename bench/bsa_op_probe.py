@@ -1,0 +1,148 @@
+"""The whole block-sparse attention op at the 720p refine shape (32 heads x 168,960 tokens, sparsity 0.9375, bf16),
+its parts and its variants, timed side by side in one run (bench_bsa.py's Timer: L2 flushed before each rep; rounds
+alternate the variants so that clock drift hits them alike):
+
+- the op as it runs by default, with v's block-major copy on the caller's stream instead of a side stream, and with
+  key-range passes instead of rotated walks (``GLUON_DETERMINISTIC_CONFIG``, what deterministic mode runs);
+- its parts: k's copy + means, v's copy, q's means, the scores as a bf16 GEMM with fp32 output (the op) and as an
+  fp32 GEMM, each top-k method, the kernel alone;
+- checks: the selections from the bf16-GEMM and the fp32-GEMM scores (rows that differ), the top-k methods'
+  indices (equal), and how far two runs of the op apart differ (rotated walks: the bits depend on timing).
+
+Inputs: "iid" (standard normal q, k, v) and "rope" (bench_bsa.py's RoPE-structured heads). Writes
+``<out>/bsa_op_probe_<gpu>.json`` and ``.md``.
+
+    python bench/bsa_op_probe.py --out bench/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_bsa import Timer, rope_inputs  # noqa: E402
+from common import REPO, env_info, gpu_slug  # noqa: E402
+
+sys.path.insert(0, str(REPO))
+from lc_runtime.ops import triton_bsa, triton_topk  # noqa: E402
+
+bsa_mod = importlib.import_module("lc_runtime.ops.block_sparse_attention")  # (the package exports the op's name)
+
+GRID, HEADS, D, SPARSITY = (48, 44, 80), 32, 128, 0.9375
+CHUNK = (4, 4, 4)
+
+
+def op_variants(q, k, v):
+    """name -> a call of the op in that variant (module switches set around the call, restored after)."""
+    run = lambda: bsa_mod.block_sparse_attention(q, k, v, GRID, GRID, SPARSITY)  # noqa: E731
+
+    def serial():
+        bsa_mod.OVERLAP_V_COPY = False
+        try:
+            return run()
+        finally:
+            bsa_mod.OVERLAP_V_COPY = True
+
+    def passes():
+        old = triton_bsa.set_default_config(triton_bsa.GLUON_DETERMINISTIC_CONFIG)
+        try:
+            return run()
+        finally:
+            triton_bsa.set_default_config(old)
+
+    return {"op (default)": run, "op, v copy on the caller's stream": serial, "op, key-range passes": passes}
+
+
+def parts(q, k, v):
+    """name -> a call of one step of the op, as the op runs it, plus the fp32-GEMM scores and every top-k method."""
+    k_sel = bsa_mod.num_selected_blocks((q.shape[2] // 64), SPARSITY)
+    k_mean = triton_bsa.blocks_and_means(k, GRID, CHUNK)[1]
+    q_mean = triton_bsa.blocks_and_means(q, GRID, CHUNK, store=False)[1]
+    scores = bsa_mod.block_scores(q_mean, k_mean, q.dtype)
+    idx = triton_topk.topk_ascending(scores, k_sel, torch.int32)
+    counts = torch.full(idx.shape[:-1], k_sel, dtype=torch.int32, device=q.device)
+    kv = tuple(triton_bsa.blocks_and_means(x, GRID, CHUNK, pool=False)[0] for x in (k, v))
+    out = torch.empty_like(q)
+    cfg = triton_bsa.default_config(q)
+    calls = {
+        "prep: k copy + means": lambda: triton_bsa.blocks_and_means(k, GRID, CHUNK),
+        "prep: v copy": lambda: triton_bsa.blocks_and_means(v, GRID, CHUNK, pool=False),
+        "prep: q means": lambda: triton_bsa.blocks_and_means(q, GRID, CHUNK, store=False),
+        "scores: bf16 GEMM, fp32 out (the op)": lambda: bsa_mod.block_scores(q_mean, k_mean, q.dtype),
+        "scores: fp32 GEMM": lambda: bsa_mod.block_scores(q_mean, k_mean, None),
+        f"kernel alone ({cfg_label(cfg)})": lambda: triton_bsa.bsa_forward(
+            q, k, v, idx, counts, GRID, GRID, CHUNK, cfg, out=out, order="sorted", kv_blocks=kv
+        ),
+    }
+    for method in getattr(triton_topk, "METHODS", ("radix",)):
+        kw = dict(method=method) if hasattr(triton_topk, "METHODS") else {}
+        calls[f"top-k: {method}"] = lambda kw=kw: triton_topk.topk_ascending(scores, k_sel, torch.int32, **kw)
+    checks = dict(k_sel=k_sel)
+    fp32_idx = triton_topk.topk_ascending(bsa_mod.block_scores(q_mean, k_mean, None), k_sel, torch.int32)
+    checks["selection rows differing, bf16-GEMM vs fp32-GEMM scores"] = [
+        int((fp32_idx != idx).any(-1).sum()),
+        idx[..., 0].numel(),
+    ]
+    for name, fn in calls.items():
+        if name.startswith("top-k"):
+            checks[f"{name}: same indices as the op's"] = bool(torch.equal(fn(), idx))
+    return calls, checks
+
+
+def cfg_label(cfg) -> str:
+    fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+    default = triton_bsa.BsaKernelConfig()
+    return " ".join(f"{k}={v}" for k, v in fields.items() if v != getattr(default, k))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default=str(REPO / "bench/results"))
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=3)
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("needs a CUDA GPU")
+    timer = Timer("cuda")
+    gen = torch.Generator(device="cuda").manual_seed(2)
+    seq = GRID[0] * GRID[1] * GRID[2]
+    payload = dict(env=env_info(), grid=GRID, heads=HEADS, head_dim=D, sparsity=SPARSITY, inputs={})
+    lines = [f"# Block-sparse attention op and its parts on {payload['env'].get('gpu', 'GPU')}", ""]
+    lines += [f"`bench/bsa_op_probe.py`; {json.dumps(payload['env'])}", ""]
+    lines += [f"Shape: B=1, H={HEADS}, grid {GRID} = {seq} tokens, D={D}, bf16, sparsity {SPARSITY}.", ""]
+    for kind in ("iid", "rope"):
+        if kind == "iid":
+            q, k, v = (torch.randn(1, HEADS, seq, D, device="cuda", generator=gen, dtype=torch.bfloat16) for _ in "qkv")
+        else:
+            q, k, v = rope_inputs(HEADS, GRID, D, "cuda", gen)
+        calls, checks = parts(q, k, v)
+        calls = {**op_variants(q, k, v), **calls}
+        times = {name: [] for name in calls}
+        for _ in range(args.rounds):
+            for name, fn in calls.items():
+                times[name].append(timer(fn, args.reps)["median_s"])
+        first, second = (bsa_mod.block_sparse_attention(q, k, v, GRID, GRID, SPARSITY) for _ in range(2))
+        checks["op: max |difference| between two runs"] = (first.float() - second.float()).abs().max().item()
+        rows = {name: dict(median_s=sorted(ts)[len(ts) // 2], min_s=min(ts)) for name, ts in times.items()}
+        payload["inputs"][kind] = dict(times=rows, checks=checks)
+        lines += [f"## {kind}", "", "| what | median s | min s |", "|---|---|---|"]
+        lines += [f"| {name} | {r['median_s']:.4f} | {r['min_s']:.4f} |" for name, r in rows.items()]
+        lines += ["", *(f"- {name}: {value}" for name, value in checks.items()), ""]
+        print("\n".join(lines[-len(rows) - len(checks) - 5 :]), flush=True)
+        del q, k, v, first, second, calls
+        torch.cuda.empty_cache()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"bsa_op_probe_{gpu_slug()}.json").write_text(json.dumps(payload, indent=1))
+    (out / f"bsa_op_probe_{gpu_slug()}.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
