@@ -18,7 +18,8 @@ GPU time, most of it Triton compiling the swept configs (--quick: 3 configs).
 3. The 720p refine shape: 32 heads x (48, 44, 80) tokens = 168,960, bf16, D = 128, sparsity 0.9375 (K_sel = 165 of
    2640 key blocks). Every timed config first passes a spot check of sampled query blocks against a gathered fp32
    reference. CUDA-event timings (warm-up, L2 flushed before each rep, median): selection (pool + scores + top-k),
-   the ascending sort, the op's selection (pool + scores + the ascending Triton top-k) and its parts, the op's sm_90
+   the ascending sort, the op's selection (pool + scores + the ascending Triton top-k) and its parts (the top-k's
+   radix and interpolation searches per warp count; whether their indices are the same), the op's sm_90
    prep (k's block-major copy + block means in one Triton pass, v's copy, q's means; how many means and selection
    rows differ from torch's pooling), the kernel per config (auto key-range passes), then for the best config every
    pass count and the original's schedule (one pass, score order), the whole op, dense SDPA (flash, cuDNN) and FA3
@@ -33,6 +34,7 @@ GPU time, most of it Triton compiling the swept configs (--quick: 3 configs).
 
 import argparse
 import dataclasses
+import inspect
 import json
 import math
 import os
@@ -51,6 +53,7 @@ sys.path.insert(0, str(REPO))
 from lc_runtime.ops.block_sparse_attention import (  # noqa: E402
     _topk_ascending,
     ascending_selection,
+    block_scores,
     block_sparse_attention,
     group_selection,
     num_selected_blocks,
@@ -62,7 +65,8 @@ from lc_runtime.ops.block_sparse_attention import (  # noqa: E402
 )
 
 CHUNK = (4, 4, 4)
-TOPK_WARPS = (1, 2, 4, 8, 16)  # warps per row of the Triton top-k, timed side by side
+TOPK_WARPS = (1, 2, 4, 8, 16)  # warps per row of the Triton top-k's radix search, timed side by side
+TOPK_INTERP_WARPS = (2, 4, 8)  # the same for its interpolation search (triton_topk.py: method "interp")
 BLOCK = 64
 # (n_sub, num_warps, num_stages[, group_h, group_w]); sm_90 compile of Triton 3.6: stages <= 4 double-buffer K/V one
 # iteration ahead (82 KB smem at n_sub 1: 2 programs/SM), stages 5 triple-buffer two iterations ahead (115 KB: 1
@@ -93,6 +97,7 @@ def cfg_name(cfg) -> str:
     tma = (" tma" + (" ws" if cfg.warp_specialize else "")) if cfg.tma else ""
     tma += f" maxnreg={cfg.maxnreg}" if cfg.maxnreg else ""
     tma += f" gluon v{cfg.gluon}" if cfg.gluon else ""
+    tma += f" rotate={cfg.rotate}" if cfg.rotate else ""
     return f"n_sub={cfg.n_sub} warps={cfg.num_warps} stages={cfg.num_stages} passes={passes}{group}{tma}"
 
 
@@ -127,7 +132,8 @@ def run_kernel(q, k, v, idx, counts, lq, lk, cfg, order="sort"):
 
 
 def with_passes(cfg, passes):
-    return dataclasses.replace(cfg, kv_passes=passes)
+    """``cfg`` in ``passes`` key-range passes (rotated walks need one: more passes drop them)."""
+    return dataclasses.replace(cfg, kv_passes=passes, rotate=cfg.rotate if passes == 1 else 0)
 
 
 def failed_run(e: Exception, **where) -> dict:
@@ -326,19 +332,29 @@ def bench_full(args, configs, device, results, save):
 
 def selection_parts(q, k, lat, k_sel, timer, reps) -> dict:
     """Times of the op's selection steps on their own: pooling, scores, top-k (torch, unsorted) or the Triton
-    ascending top-k."""
+    ascending top-k (its default search, then each search per warp count; whether the two searches' indices agree)."""
     from lc_runtime.ops.triton_topk import topk_ascending
 
     parts = dict(time_pool=timer(lambda: (raster_block_means(q, lat), raster_block_means(k, lat)), reps))
     q_mean, k_mean = raster_block_means(q, lat), raster_block_means(k, lat)
     parts["time_scores"] = timer(lambda: torch.matmul(q_mean, k_mean.transpose(-1, -2)), reps)
+    parts["time_scores_op"] = timer(lambda: block_scores(q_mean, k_mean, q.dtype), reps)  # bf16 GEMM on CUDA
     scores = torch.matmul(q_mean, k_mean.transpose(-1, -2))
     parts["time_topk_unsorted"] = timer(lambda: torch.topk(scores, k_sel, dim=-1, sorted=False), reps)
+    parts["topk_default_method"] = inspect.signature(topk_ascending).parameters["method"].default
     parts["time_topk_ascending_triton"] = timer(lambda: topk_ascending(scores, k_sel), reps)
     for warps in TOPK_WARPS:
         parts[f"time_topk_ascending_triton_w{warps}"] = timer(
-            lambda w=warps: topk_ascending(scores, k_sel, num_warps=w), reps
+            lambda w=warps: topk_ascending(scores, k_sel, num_warps=w, method="radix"), reps
         )
+    for warps in TOPK_INTERP_WARPS:
+        parts[f"time_topk_ascending_triton_interp_w{warps}"] = timer(
+            lambda w=warps: topk_ascending(scores, k_sel, num_warps=w, method="interp"), reps
+        )
+    radix, interp = (topk_ascending(scores, k_sel, method=m) for m in ("radix", "interp"))
+    parts["topk_interp_equals_radix"] = bool(torch.equal(radix, interp))
+    parts["topk_interp_rows_differing"] = [int((radix != interp).any(-1).sum()), radix[..., 0].numel()]
+    del radix, interp
     if q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1":
         # the op's sm_90 path: k's block-major copy + its means in one pass, v's copy, q's means (triton_bsa.py)
         from lc_runtime.ops.triton_bsa import blocks_and_means
@@ -551,11 +567,22 @@ def summary_markdown(results) -> str:
             same = "same indices as top-k + sort" if e["selection_ascending_exact"] else "**DIFFERS** from top-k + sort"
             what = f"selection, ascending Triton top-k (the op; {same})"
             lines.append(_row(kind, what, e["time_selection_ascending"]["median_s"]))
-            parts = [("pool", "pool q and k"), ("scores", "scores (fp32 matmul)"), ("topk_unsorted", "torch.topk")]
-            parts += [("topk_ascending_triton", "Triton ascending top-k (the op's warps)")]
-            parts += [(f"topk_ascending_triton_w{w}", f"Triton ascending top-k, {w} warps") for w in TOPK_WARPS]
+            parts = [("pool", "pool q and k"), ("scores", "scores (fp32 matmul)")]
+            parts += [("scores_op", "scores as the op computes them (bf16 GEMM, fp32 out, on CUDA)")]
+            parts += [("topk_unsorted", "torch.topk")]
+            default = e.get("topk_default_method", "radix")
+            parts += [("topk_ascending_triton", f"Triton ascending top-k (the op's: {default} search, its warps)")]
+            parts += [(f"topk_ascending_triton_w{w}", f"Triton ascending top-k, radix search, {w} warps")
+                      for w in TOPK_WARPS]  # fmt: skip
+            parts += [(f"topk_ascending_triton_interp_w{w}", f"Triton ascending top-k, interpolation search, {w} warps")
+                      for w in TOPK_INTERP_WARPS]  # fmt: skip
             for key, what in parts:
-                lines.append(_row(kind, f"  part: {what}", e[f"time_{key}"]["median_s"]))
+                if f"time_{key}" in e:  # (results of older runs lack the interpolation search)
+                    lines.append(_row(kind, f"  part: {what}", e[f"time_{key}"]["median_s"]))
+            if "topk_interp_equals_radix" in e:
+                rows, total = e["topk_interp_rows_differing"]
+                same = "yes" if e["topk_interp_equals_radix"] else f"**NO**: {rows} of {total} rows differ"
+                lines.append(_row(kind, "  Triton top-k: interpolation search's indices == radix search's", text=same))
         if "time_prep_k_copy_and_means" in e:
             nd, nm = e.get("prep_means_differing", (0, 0))
             same = "same means as" if e["prep_means_equal_torch_pooling"] else f"{nd} of {nm} means differ from"
@@ -628,17 +655,21 @@ def _tma_configs(text: str) -> list[tuple]:
 
 
 def _gluon_configs(text: str) -> list[tuple]:
-    """'2,3x3,v2:2x3' -> [(1, 2, 1), (1, 3, 3), (2, 2, 3)] (kernel version, ring depth, key-range passes)."""
+    """'2,3x3,v2:2x3,v3:3r2' -> [(1, 2, 1, 0), (1, 3, 3, 0), (2, 2, 3, 0), (3, 3, 1, 2)] (kernel version, ring depth,
+    key-range passes, rotated walks: R programs per SM, 0 = none; rotation takes one pass)."""
     rows = []
     try:
         for part in (p.strip() for p in text.split(",") if p.strip()):
             version, _, rest = part.rpartition(":")
+            rest, _, rotate = rest.partition("r")
             stages, passes = (int(v) for v in (rest + "x1").split("x")[:2])
-            rows.append((int(version.lstrip("v") or 1), stages, passes))
+            rows.append((int(version.lstrip("v") or 1), stages, passes, int(rotate or 0)))
     except ValueError:
         rows = []
-    if not rows or any(v not in (1, 2, 3) or st < 2 or p < 1 for v, st, p in rows):
-        raise argparse.ArgumentTypeError(f"expected '[v1:|v2:|v3:]stages[xpasses],...' (stages >= 2), got {text!r}")
+    if not rows or any(v not in (1, 2, 3) or st < 2 or p < 1 or r < 0 or (r and p > 1) for v, st, p, r in rows):
+        raise argparse.ArgumentTypeError(
+            f"expected '[v1:|v2:|v3:]stages[xpasses|rR],...' (stages >= 2; rotation R in one pass), got {text!r}"
+        )
     return rows
 
 
@@ -657,7 +688,8 @@ def main():
     )  # fmt: skip
     parser.add_argument(
         "--gluon", type=_gluon_configs, default=[], metavar="[vV:]S[xP],...",
-        help="also sweep the Gluon kernel (lc_runtime/ops/gluon_bsa.py): version V (1), ring depth S, passes P (1)",
+        help="also sweep the Gluon kernel (lc_runtime/ops/gluon_bsa.py): version V (1), ring depth S, passes P (1) "
+        "or rotated walks (rR: R programs per SM per turn, one pass)",
     )  # fmt: skip
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -673,7 +705,7 @@ def main():
                for a, b, c, *g in ((*x, 1, 1) if len(x) == 3 else x for x in sweep)]  # fmt: skip
     tma = [BsaKernelConfig(n_sub=n, num_warps=w, num_stages=s, tma=True, maxnreg=r, kv_passes=1)
            for n, w, s, r in (args.tma_configs or (QUICK_TMA_SWEEP if quick else TMA_SWEEP))]  # fmt: skip
-    tma += [BsaKernelConfig(num_stages=st, tma=True, kv_passes=p, gluon=ver) for ver, st, p in args.gluon]
+    tma += [BsaKernelConfig(num_stages=st, tma=True, kv_passes=p, gluon=ver, rotate=r) for ver, st, p, r in args.gluon]
     configs = {"gathered": configs, "tma": [BsaKernelConfig(), *tma], "all": configs + tma}[args.sweep]
     env = environment(device)
     tag = re.sub(r"[^a-z0-9]+", "_", env["gpu"].lower().replace("nvidia", "")).strip("_") or "gpu"

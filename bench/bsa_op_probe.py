@@ -2,8 +2,8 @@
 its parts and its variants, timed side by side in one run (bench_bsa.py's Timer: L2 flushed before each rep; rounds
 alternate the variants so that clock drift hits them alike):
 
-- the op as it runs by default, with v's block-major copy on the caller's stream instead of a side stream, and with
-  key-range passes instead of rotated walks (``GLUON_DETERMINISTIC_CONFIG``, what deterministic mode runs);
+- the op as it runs by default, and with key-range passes instead of rotated walks (``GLUON_DETERMINISTIC_CONFIG``,
+  what deterministic mode runs);
 - its parts: k's copy + means, v's copy, q's means, the scores as a bf16 GEMM with fp32 output (the op) and as an
   fp32 GEMM, each top-k method, the kernel alone;
 - checks: the selections from the bf16-GEMM and the fp32-GEMM scores (rows that differ), the top-k methods'
@@ -37,18 +37,12 @@ bsa_mod = importlib.import_module("lc_runtime.ops.block_sparse_attention")  # (t
 
 GRID, HEADS, D, SPARSITY = (48, 44, 80), 32, 128, 0.9375
 CHUNK = (4, 4, 4)
+TOPK_WARPS = (2, 8, 16)  # besides the default
 
 
 def op_variants(q, k, v):
     """name -> a call of the op in that variant (module switches set around the call, restored after)."""
     run = lambda: bsa_mod.block_sparse_attention(q, k, v, GRID, GRID, SPARSITY)  # noqa: E731
-
-    def serial():
-        bsa_mod.OVERLAP_V_COPY = False
-        try:
-            return run()
-        finally:
-            bsa_mod.OVERLAP_V_COPY = True
 
     def passes():
         old = triton_bsa.set_default_config(triton_bsa.GLUON_DETERMINISTIC_CONFIG)
@@ -57,7 +51,7 @@ def op_variants(q, k, v):
         finally:
             triton_bsa.set_default_config(old)
 
-    return {"op (default)": run, "op, v copy on the caller's stream": serial, "op, key-range passes": passes}
+    return {"op (default)": run, "op, key-range passes": passes}
 
 
 def parts(q, k, v):
@@ -82,8 +76,12 @@ def parts(q, k, v):
         ),
     }
     for method in getattr(triton_topk, "METHODS", ("radix",)):
-        kw = dict(method=method) if hasattr(triton_topk, "METHODS") else {}
-        calls[f"top-k: {method}"] = lambda kw=kw: triton_topk.topk_ascending(scores, k_sel, torch.int32, **kw)
+        for warps in (None, *TOPK_WARPS):
+            kw = dict(method=method) if hasattr(triton_topk, "METHODS") else {}
+            name = f"top-k: {method}" + (f", {warps} warps" if warps else "")
+            calls[name] = lambda kw=kw, w=warps: triton_topk.topk_ascending(
+                scores, k_sel, torch.int32, num_warps=w, **kw
+            )
     checks = dict(k_sel=k_sel)
     fp32_idx = triton_topk.topk_ascending(bsa_mod.block_scores(q_mean, k_mean, None), k_sel, torch.int32)
     checks["selection rows differing, bf16-GEMM vs fp32-GEMM scores"] = [
@@ -130,7 +128,7 @@ def main() -> None:
                 times[name].append(timer(fn, args.reps)["median_s"])
         first, second = (bsa_mod.block_sparse_attention(q, k, v, GRID, GRID, SPARSITY) for _ in range(2))
         checks["op: max |difference| between two runs"] = (first.float() - second.float()).abs().max().item()
-        rows = {name: dict(median_s=sorted(ts)[len(ts) // 2], min_s=min(ts)) for name, ts in times.items()}
+        rows = {name: dict(median_s=sorted(ts)[len(ts) // 2], min_s=min(ts), rounds=ts) for name, ts in times.items()}
         payload["inputs"][kind] = dict(times=rows, checks=checks)
         lines += [f"## {kind}", "", "| what | median s | min s |", "|---|---|---|"]
         lines += [f"| {name} | {r['median_s']:.4f} | {r['min_s']:.4f} |" for name, r in rows.items()]

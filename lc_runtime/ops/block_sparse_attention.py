@@ -24,11 +24,11 @@ grids or a cdf threshold below the top block's mass; the original then divides 0
 
 CUDA selects with the Triton top-k of ``triton_topk.py`` (ascending indices in one pass, no sort) and runs the
 Triton kernel of ``triton_bsa.py`` (key blocks in ascending order). On sm_90+ (the TMA kernel, which reads
-block-major copies of k and v) one Triton pass per tensor makes k's copy and its block means, v's copy (on a side
-stream, beside the selection), and q's means (``triton_bsa.blocks_and_means``); scores by a bf16 GEMM with fp32
-output (:func:`block_scores`). Elsewhere on CUDA, q and k are pooled in torch straight
-from the raster layout and the gathered kernel reads the raster layout. Every other device runs the fp32 PyTorch
-reference ``block_sparse_attention_ref``.
+block-major copies of k and v) one Triton pass per tensor makes k's copy and its block means, v's copy, and q's
+means (``triton_bsa.blocks_and_means``); scores by a bf16 GEMM with fp32 output (:func:`block_scores`). (Copying v on
+a side stream beside the selection was measured and dropped: no faster, bench/results/bsa_op_probe_*-s12*.)
+Elsewhere on CUDA, q and k are pooled in torch straight from the raster layout and the gathered kernel reads the
+raster layout. Every other device runs the fp32 PyTorch reference ``block_sparse_attention_ref``.
 
 Pooling is an fp32 sum of the block's values, divided by the block size and rounded to the input dtype, as the
 original; the order of the sum is not specified by it, and differs between the CPU reference, torch on CUDA and the
@@ -37,7 +37,6 @@ shape on iid bf16 inputs, 2 of 21.6 million means differed between the Triton pa
 selection did (bench/bench_bsa.py records both).
 """
 
-import contextlib
 import functools
 import math
 from collections.abc import Sequence
@@ -392,27 +391,6 @@ def _bsa_op(
     return _empty_output(q).copy_(ref)
 
 
-# Whether the op's sm_90 path copies v to block-major order on a side stream, concurrently with the selection
-# (bench/bench_bsa.py times both; False: all on the caller's stream).
-OVERLAP_V_COPY = True
-
-
-@functools.cache
-def _side_stream(device: torch.device) -> torch.cuda.Stream:
-    return torch.cuda.Stream(device)
-
-
-@contextlib.contextmanager
-def _forked(side):
-    """Runs its block on ``side`` (after the caller's stream's work so far), or inline when ``side`` is None."""
-    if side is None:
-        yield
-        return
-    side.wait_stream(torch.cuda.current_stream(side.device))
-    with torch.cuda.stream(side):
-        yield
-
-
 @_bsa_op.register_kernel("cuda")
 def _bsa_cuda(q, k, v, latent_shape_q, latent_shape_k, sparsity, cdf_threshold, chunk_3d_shape):
     from lc_runtime.ops import triton_bsa  # triton is only needed (and importable) on CUDA machines
@@ -429,16 +407,9 @@ def _bsa_cuda(q, k, v, latent_shape_q, latent_shape_k, sparsity, cdf_threshold, 
         _block_grid(latent_shape_k, chunk_3d_shape, k.shape[2], "k")
         k_blocks, k_mean = triton_bsa.blocks_and_means(k, latent_shape_k, chunk_3d_shape)
         q_mean = triton_bsa.blocks_and_means(q, latent_shape_q, chunk_3d_shape, store=False)[1]
-        # v's copy (memory-bound) runs on a side stream, beside the selection's GEMM and top-k (compute-bound)
-        # (into memory of the caller's stream, which waits for it before the kernel)
-        v_blocks = torch.empty(v.numel() // v.shape[-1], v.shape[-1], dtype=v.dtype, device=v.device)
-        side = _side_stream(q.device) if OVERLAP_V_COPY and q.is_cuda else None
-        with _forked(side):
-            triton_bsa.blocks_and_means(v, latent_shape_k, chunk_3d_shape, pool=False, out=v_blocks)
+        v_blocks = triton_bsa.blocks_and_means(v, latent_shape_k, chunk_3d_shape, pool=False)[0]
         indices, counts = _select_from_means(q_mean, k_mean, sparsity, cdf_threshold, "ascending", q.dtype)
         del q_mean, k_mean
-        if side is not None:
-            torch.cuda.current_stream(q.device).wait_stream(side)
         return triton_bsa.bsa_forward(
             q, k, v, indices, counts, latent_shape_q, latent_shape_k, chunk_3d_shape, out=out, order="sorted",
             kv_blocks=(k_blocks, v_blocks),

@@ -765,12 +765,11 @@ def _blocks_means_kernel(
         tl.store(MEAN + (bh * n_blocks + n) * HEAD_DIM + d, mean.to(X.dtype.element_ty).to(tl.float32))
 
 
-def blocks_and_means(x: torch.Tensor, latent_shape, chunk, *, store: bool = True, pool: bool = True, out=None):
+def blocks_and_means(x: torch.Tensor, latent_shape, chunk, *, store: bool = True, pool: bool = True):
     """One pass over raster-ordered x [B, H, S, D] (unit stride along D): its block-major copy ([B·H·S, D]
     contiguous, as ``reorder_to_blocks(x).reshape(-1, D)``) when ``store``, and its per-block means ([B, H, N_blk, D]
     fp32 holding values rounded to x's dtype, as ``raster_block_means``) when ``pool``; None for what is not asked.
-    The block must be a power of two of >= 16 tokens and D a power of two (what the BSA kernels take). ``out``: where
-    to write the copy (contiguous [B·H·S, D] of x's dtype; allocated here when None)."""
+    The block must be a power of two of >= 16 tokens and D a power of two (what the BSA kernels take)."""
     bsz, heads, seq, d = x.shape
     ct, ch, cw = (int(c) for c in chunk)
     block = ct * ch * cw
@@ -781,11 +780,7 @@ def blocks_and_means(x: torch.Tensor, latent_shape, chunk, *, store: bool = True
     if t * hh * w != seq or t % ct or hh % ch or w % cw:
         raise ValueError(f"latent shape {tuple(latent_shape)} does not tile {seq} tokens by chunk {tuple(chunk)}")
     n_blocks = seq // block
-    if out is None and store:
-        out = torch.empty(bsz * heads * seq, d, dtype=x.dtype, device=x.device)
-    elif store and (out.shape != (bsz * heads * seq, d) or out.dtype != x.dtype or not out.is_contiguous()):
-        raise ValueError(f"blocks_and_means: out must be contiguous [{bsz * heads * seq}, {d}] {x.dtype}; got "
-                         f"{list(out.shape)} {out.dtype}")  # fmt: skip
+    out = torch.empty(bsz * heads * seq, d, dtype=x.dtype, device=x.device) if store else None
     mean = torch.empty(bsz, heads, n_blocks, d, dtype=torch.float32, device=x.device) if pool else None
     if not (store or pool):
         return out, mean

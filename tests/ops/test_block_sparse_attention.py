@@ -221,9 +221,9 @@ def test_op_on_cuda_matches_golden(golden, name):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the Triton kernels)")
 @pytest.mark.parametrize("deterministic", [False, True], ids=["default", "deterministic"])
 def test_op_replays_in_a_cuda_graph(golden, deterministic):
-    """The op's CUDA path (v's copy on a side stream, the rotated walks' progress counter zeroed per call) captures
-    into a CUDA graph, as the engines capture the DiT; replays give the golden-precision result (and, in
-    deterministic mode, the eager run's bits)."""
+    """The op's CUDA path (the rotated walks' progress counter zeroed per call) captures into a CUDA graph, as the
+    engines capture the DiT; replays give the golden-precision result (and, in deterministic mode, the eager run's
+    bits)."""
     meta, q, k, v, _, gold_idx, gold_lens = golden_case(golden, GOLDEN_CASES[0])
     lq, lk, chunk = meta["latent_shape_q"], meta["latent_shape_k"], meta["chunk_3d_shape"]
     ref32, ref16 = golden_references(meta, q, k, v, gold_idx, gold_lens)

@@ -1,6 +1,7 @@
 """Top-k selection in ascending order (lc_runtime/ops/triton_topk.py) against its PyTorch reference
-(``topk_ascending_ref``): the reference against torch.topk, the Triton kernel under TRITON_INTERPRET=1 on CPU and on
-CUDA, and the op's selection path ("ascending" order) against the original order re-sorted."""
+(``topk_ascending_ref``): the reference against torch.topk, both Triton searches (``method`` "radix" and "interp")
+under TRITON_INTERPRET=1 on CPU and on CUDA, and the op's selection path ("ascending" order) against the original
+order re-sorted."""
 
 import importlib.util
 import json
@@ -20,10 +21,12 @@ needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, re
 
 def score_cases(device="cpu") -> list[tuple[str, torch.Tensor, int]]:
     """(name, scores [..., N], k): sizes around powers of two, k from 1 to N, negative scores, ties at the k-th
-    value (among equal scores the lowest columns win), signed zeros, a strided view."""
+    value (among equal scores the lowest columns win), signed zeros, a strided view; and rows against the
+    interpolation search: all equal, +-inf, huge and subnormal magnitudes, two clusters far apart, sorted and
+    reverse-sorted, adjacent floats (keys one apart), random bit patterns (every magnitude)."""
     g = torch.Generator().manual_seed(0)
     cases = []
-    for n, k in ((1, 1), (7, 3), (64, 64), (100, 1), (100, 37), (513, 200), (2640, 165)):
+    for n, k in ((1, 1), (2, 1), (2, 2), (3, 2), (7, 3), (64, 64), (100, 1), (100, 37), (513, 200), (2640, 165)):
         cases.append((f"randn n={n} k={k}", torch.randn(3, 5, n, generator=g), k))
     ties = torch.randint(-3, 4, (6, 50), generator=g).float()  # seven distinct values: ties everywhere
     cases += [(f"ties k={k}", ties, k) for k in (1, 5, 17, 49, 50)]
@@ -33,6 +36,24 @@ def score_cases(device="cpu") -> list[tuple[str, torch.Tensor, int]]:
     cases.append(("tiny magnitudes", torch.randn(4, 300, generator=g) * 1e-38, 31))
     wide = torch.randn(4, 300, 2, generator=g)
     cases.append(("strided", wide[..., 0], 40))
+    cases += [(f"all equal n={n} k={k}", torch.full((2, n), -2.5), k) for n, k in ((3, 1), (3, 2), (3, 3), (33, 7))]
+    infs = torch.randn(3, 40, generator=g)
+    infs[:, :9], infs[:, 9:14] = float("inf"), float("-inf")
+    cases += [(f"infs k={k}", infs[:, torch.randperm(40, generator=g)], k) for k in (1, 9, 10, 30, 36)]
+    cases.append(("huge magnitudes", torch.randn(3, 64, generator=g) * 3e38, 20))
+    cases.append(("subnormals", torch.randn(3, 64, generator=g) * 1e-42, 20))
+    far = torch.rand(3, 80, generator=g) < 0.3
+    two = torch.where(far, 1e30 + 1e24 * torch.randn(3, 80, generator=g), 1e-30 * torch.randn(3, 80, generator=g))
+    cases += [(f"two clusters k={k}", two, k) for k in (5, 40)]
+    x = torch.randn(2, 90, generator=g)
+    cases += [("sorted", x.sort(-1).values, 30), ("reverse-sorted", x.sort(-1, descending=True).values, 30)]
+    one = torch.tensor(1.0).view(torch.int32)
+    adjacent = (one + torch.randperm(70, generator=g).to(torch.int32)).view(torch.float32)  # keys one apart
+    cases += [(f"adjacent floats k={k}", adjacent.expand(2, 70), k) for k in (1, 20, 69)]
+    adjacent_ties = (one + torch.randint(0, 4, (3, 70), generator=g).to(torch.int32)).view(torch.float32)
+    cases += [(f"adjacent ties k={k}", adjacent_ties, k) for k in (10, 35)]
+    bits = torch.randint(-(2**31), 2**31, (4, 64), generator=g).to(torch.int32).view(torch.float32)
+    cases.append(("random bits", torch.where(bits.isnan(), 0.0, bits), 16))  # every magnitude, NaNs zeroed
     return [(name, s.to(device), k) for name, s, k in cases]
 
 
@@ -78,24 +99,27 @@ def test_topk_ascending_rejects_bad_arguments():
         topk_ascending(torch.randn(2, 8), 2, dtype=torch.int16)
     with pytest.raises(ValueError, match="at most"):
         topk_ascending(torch.randn(1, MAX_COLS + 1), 2)
+    with pytest.raises(ValueError, match="method must be one of"):
+        topk_ascending(torch.randn(2, 8), 2, method="sort")
 
 
 def _check_kernel(device) -> list[dict]:
-    from lc_runtime.ops.triton_topk import topk_ascending
+    from lc_runtime.ops.triton_topk import METHODS, topk_ascending
 
     records = []
-    for name, scores, k in score_cases(device):
-        for dtype in (torch.int64, torch.int32):
-            got = topk_ascending(scores, k, dtype=dtype)
-            want = topk_ascending_ref(scores, k)
+    for i, (name, scores, k) in enumerate(score_cases(device)):
+        want = topk_ascending_ref(scores, k)
+        dtype = (torch.int64, torch.int32)[i % 2]  # (the interpreter is slow: each case with one of the two)
+        for method in METHODS:
+            got = topk_ascending(scores, k, dtype=dtype, method=method)
             ok = got.dtype == dtype and got.shape == want.shape and torch.equal(got.long().cpu(), want.cpu())
-            records.append(dict(case=f"{name} {dtype}", ok=ok))
+            records.append(dict(case=f"{name} {method} {dtype}", ok=ok))
     return records
 
 
 @needs_triton
 def test_triton_topk_in_interpreter():
-    """The kernel on CPU under TRITON_INTERPRET=1 (a subprocess: the flag is read when kernels are defined)."""
+    """Both kernels on CPU under TRITON_INTERPRET=1 (a subprocess: the flag is read when kernels are defined)."""
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO))
     proc = subprocess.run(
         [sys.executable, __file__, "--interpreter-worker"], env=env, capture_output=True, text=True, timeout=600
@@ -115,7 +139,12 @@ def test_triton_topk_on_cuda():
     scores = torch.randn(1, 32, 2640, 2640, device="cuda")
     from lc_runtime.ops.triton_topk import topk_ascending
 
-    assert torch.equal(topk_ascending(scores, 165), torch.topk(scores, 165, dim=-1).indices.sort(-1).values)
+    want = torch.topk(scores, 165, dim=-1).indices.sort(-1).values
+    for method in ("radix", "interp"):
+        assert torch.equal(topk_ascending(scores, 165, method=method), want), method
+    means = torch.randn(1, 32, 2640, 128, device="cuda")  # scores as the op computes them: dot products of means
+    scores = means @ torch.randn(1, 32, 128, 2640, device="cuda")
+    assert torch.equal(topk_ascending(scores, 165, method="interp"), topk_ascending(scores, 165, method="radix"))
     # rows longer than one program holds go through the PyTorch reference in the op's dispatcher
     from lc_runtime.ops.block_sparse_attention import _topk_ascending
     from lc_runtime.ops.triton_topk import MAX_COLS
