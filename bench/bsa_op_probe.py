@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -38,6 +39,7 @@ bsa_mod = importlib.import_module("lc_runtime.ops.block_sparse_attention")  # (t
 GRID, HEADS, D, SPARSITY = (48, 44, 80), 32, 128, 0.9375
 CHUNK = (4, 4, 4)
 TOPK_WARPS = (2, 8, 16)  # besides the default
+TOPK_GROUPS = (0, 16, 32, 64)  # the interpolation search's column groups (triton_topk.INTERP_GROUP)
 
 
 def op_variants(q, k, v):
@@ -82,6 +84,12 @@ def parts(q, k, v):
             calls[name] = lambda kw=kw, w=warps: triton_topk.topk_ascending(
                 scores, k_sel, torch.int32, num_warps=w, **kw
             )
+    if "group" in inspect.signature(triton_topk.topk_ascending).parameters:  # the interpolation search's row layout
+        for warps in (4, 8):
+            for group in TOPK_GROUPS:
+                calls[f"top-k: interp, {warps} warps, group {group}"] = lambda w=warps, g=group: (
+                    triton_topk.topk_ascending(scores, k_sel, torch.int32, num_warps=w, method="interp", group=g)
+                )
     checks = dict(k_sel=k_sel)
     fp32_idx = triton_topk.topk_ascending(bsa_mod.block_scores(q_mean, k_mean, None), k_sel, torch.int32)
     checks["selection rows differing, bf16-GEMM vs fp32-GEMM scores"] = [

@@ -21,11 +21,12 @@ scores, one write of the indices; no sort. Two searches (``topk_ascending(method
   column) pairs finishes), or at a bracket one key wide. Steps on rows of 2,640 scores, k = 165 (CPU, interpreter):
   4.8 on average (at most 9-10) for Gaussian scores and dot products of Gaussian means, against 9.0 (at most 13) for
   the radix search; a step is about 200 instructions per thread against the radix step's 330 (sm_90 SASS at 4
-  warps). Tie-heavy rows (few distinct values) take up to 33 steps. On the H200 at the 720p refine shape, on the
-  op's scores (bench/bsa_op_probe.py, results/bsa_op_probe_nvidia-h200_20261122-s12b): 2.7 ms at 8 warps per row
-  (its default for rows of 4,096 padded scores), 3.0 ms at 4, against 3.1 ms for the radix search at 4 or 8 warps,
-  same run (RoPE-structured inputs: 2.9 against 3.2 ms). Of that, reading the rows takes ~0.2 ms and the epilogue
-  (prefix sum and store) ~0.8 ms (a kernel with only those: 1.0 ms; session 12 probe, not kept).
+  warps). Tie-heavy rows (few distinct values) take up to 33 steps. Its row is a [BLOCK / 32, 32] tile
+  (``INTERP_GROUP``): the final prefix sum runs within rows of 32 columns plus once over the 128 rows' counts,
+  instead of over one 4,096-long vector, whose scan cost ~1 ms. On the H200 at the 720p refine shape, on the op's
+  scores (bench/bsa_op_probe.py, results/bsa_op_probe_nvidia-h200_20261122-s12c): 1.2-1.3 ms at 4 warps per row
+  (groups of 16 / 32 / 64: 1.3 / 1.2 / 1.3 ms; at 8 warps 1.6-1.7 ms), against 2.3-2.4 ms as one vector (group 0)
+  and 3.0 ms for the radix search (s12b), same indices.
 
 Ties: when several columns share the k-th largest score, the lowest-numbered ones are taken (as a stable descending
 sort would); ``topk_ascending_ref`` is that rule in PyTorch. -0.0 and +0.0 count as equal (as in float comparison).
@@ -104,6 +105,15 @@ def _key_value(key):
 
 
 @triton.jit
+def _columns(BLOCK: tl.constexpr, GROUP: tl.constexpr):
+    """Column numbers 0..BLOCK-1: a vector, or (GROUP > 0) rows of GROUP consecutive columns [BLOCK // GROUP, GROUP]."""
+    if GROUP:
+        return tl.arange(0, BLOCK // GROUP)[:, None] * GROUP + tl.arange(0, GROUP)[None, :]
+    else:
+        return tl.arange(0, BLOCK)
+
+
+@triton.jit
 def _topk_interp_kernel(
     scores_ptr,
     out_ptr,
@@ -114,17 +124,18 @@ def _topk_interp_kernel(
     BLOCK: tl.constexpr,
     MAX_STEPS: tl.constexpr,
     FINISH: tl.constexpr,
+    GROUP: tl.constexpr = 0,
 ):
     row = tl.program_id(0).to(tl.int64)
-    cols = tl.arange(0, BLOCK)
+    cols = _columns(BLOCK, GROUP)
     inside = cols < n_cols
     x = tl.load(scores_ptr + row * stride_s + cols, mask=inside, other=0.0).to(tl.float32) + 0.0  # -0.0 -> +0.0
     bits = x.to(tl.int32, bitcast=True)
     key = tl.where(inside, bits ^ ((bits >> 31) & 0x7FFFFFFF), -2147483648)  # as in _topk_ascending_kernel
     # The bracket [lo, hi) of keys (int64: hi may be 2^31, widths 2^32): c_lo = count(key >= lo) > k and
     # c_hi = count(key >= hi) < k, with the float values lo_v, hi_v of its ends and their count logits f_lo, f_hi.
-    kmin = tl.min(tl.where(inside, key, 2147483647), axis=0)
-    kmax = tl.max(key, axis=0)
+    kmin = tl.min(tl.where(inside, key, 2147483647), axis=None)
+    kmax = tl.max(key, axis=None)
     lo = kmin.to(tl.int64)
     hi = kmax.to(tl.int64) + 1
     lo_v = _key_value(kmin)
@@ -159,7 +170,7 @@ def _topk_interp_kernel(
         g = (gbits ^ ((gbits >> 31) & 0x7FFFFFFF)).to(tl.int64)
         g = tl.minimum(tl.maximum(g, tl.maximum(lo + 1, hi - half)), tl.minimum(hi - 1, lo + half))
         t = g.to(tl.int32)
-        c = tl.sum((key >= t).to(tl.int32), axis=0)
+        c = tl.sum((key >= t).to(tl.int32), axis=None)
         f_c = _count_logit(c.to(tl.float32), n_f)
         g_v = _key_value(t)
         up = c > k_sel
@@ -198,7 +209,7 @@ def _topk_interp_kernel(
         col_flip = tl.where(one_under, 0, BLOCK - 1)
         bound = tl.where(one_under, (hi - 1).to(tl.int32), lo.to(tl.int32)) ^ flip  # (hi may be 2^31)
         packed = ((key ^ flip).to(tl.int64) << 32) | (cols ^ col_flip).to(tl.int64)
-        p = tl.min(tl.where((key ^ flip) >= bound, packed, 9223372036854775807), axis=0)
+        p = tl.min(tl.where((key ^ flip) >= bound, packed, 9223372036854775807), axis=None)
         thr = (p >> 32).to(tl.int32) ^ flip
         col = p.to(tl.int32) ^ col_flip  # the low word
         cb = tl.where(one_under, col, col - 1)
@@ -213,15 +224,20 @@ def _topk_interp_kernel(
         c_b = n_i - 1
         while c_b - c_a > 1:
             mid = (c_a + c_b) // 2
-            enough = tl.sum(((key == thr) & (cols <= mid)).to(tl.int32), axis=0) >= need
+            enough = tl.sum(((key == thr) & (cols <= mid)).to(tl.int32), axis=None) >= need
             c_a = tl.where(enough, c_a, mid)
             c_b = tl.where(enough, mid, c_b)
         cb = c_b
     # out_cols: the columns again, plus program_id(1) (0: the grid is one-dimensional) so that the compiler does not
     # keep the load's 64-bit column offsets alive through the search for the store (150 registers at 4 warps, not 164)
-    out_cols = tl.arange(0, BLOCK) + tl.program_id(1)
+    out_cols = _columns(BLOCK, GROUP) + tl.program_id(1)
     take = (key > thr) | ((key == thr) & (out_cols <= cb))
-    pos = tl.cumsum(take.to(tl.int32), axis=0) - 1
+    if GROUP:  # prefix sums within each group of GROUP columns, plus the groups' exclusive prefix sum
+        taken = take.to(tl.int32)
+        per_group = tl.sum(taken, axis=1)
+        pos = tl.cumsum(taken, axis=1) + (tl.cumsum(per_group, axis=0) - per_group)[:, None] - 1
+    else:
+        pos = tl.cumsum(take.to(tl.int32), axis=0) - 1
     tl.store(out_ptr + row * stride_o + pos, out_cols, mask=take & (pos < k_sel))
 
 
@@ -230,11 +246,14 @@ def _topk_interp_kernel(
 MAX_COLS = 1 << 16
 
 
-def _num_warps(block: int, method: str) -> int:
-    return max(4, min(16, block // (512 if method == "interp" else 1024)))
+def _num_warps(block: int) -> int:
+    return max(4, min(16, block // 1024))
 
 
 METHODS = ("interp", "radix")
+# The interpolation search's row layout: rows of INTERP_GROUP consecutive columns (a [BLOCK / G, G] tile; its final
+# prefix sum runs within groups, plus one over the groups' counts), or 0: one vector of BLOCK columns.
+INTERP_GROUP = 32
 
 
 def topk_ascending(
@@ -244,18 +263,22 @@ def topk_ascending(
     *,
     num_warps: int | None = None,
     method: str = "interp",
+    group: int | None = None,
 ) -> torch.Tensor:
     """Columns of the ``k`` largest entries of each row of ``scores`` [..., N], in ascending column order.
 
     Returns [..., k] of ``dtype`` (int32 or int64). Ties at the k-th largest value take the lowest columns.
     ``num_warps``: per program (one row each); default by row length (bench/bench_bsa.py times the choices).
     ``method``: "interp" (the interpolation search, ``_topk_interp_kernel``) or "radix" (the radix search,
-    ``_topk_ascending_kernel``); both return the same indices.
+    ``_topk_ascending_kernel``); both return the same indices. ``group``: the interpolation search's column groups
+    (0 or a power of two; default ``INTERP_GROUP``); any gives the same indices.
     Runs on CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1. Raises ValueError for k outside [1, N] and for
     an unknown method.
     """
     if method not in METHODS:
         raise ValueError(f"topk_ascending: method must be one of {METHODS}; got {method!r}")
+    if group is not None and (group < 0 or group & (group - 1)):
+        raise ValueError(f"topk_ascending: group must be 0 or a power of two; got {group}")
     n = scores.shape[-1]
     if not 1 <= k <= n:
         raise ValueError(f"topk_ascending: k must be in [1, {n}] for rows of {n} scores; got {k}")
@@ -270,11 +293,12 @@ def topk_ascending(
     if rows.shape[0]:
         block = triton.next_power_of_2(n)
         args = (rows, out, n, k, rows.stride(0), out.stride(0))
-        warps = num_warps or _num_warps(block, method)
+        warps = num_warps or _num_warps(block)
         if method == "radix":
             _topk_ascending_kernel[(rows.shape[0],)](*args, BLOCK=block, num_warps=warps)
         else:
+            group = INTERP_GROUP if group is None else group
             _topk_interp_kernel[(rows.shape[0],)](
-                *args, BLOCK=block, MAX_STEPS=INTERP_MAX_STEPS, FINISH=True, num_warps=warps
+                *args, BLOCK=block, MAX_STEPS=INTERP_MAX_STEPS, FINISH=True, GROUP=min(group, block), num_warps=warps
             )
     return out.view(*scores.shape[:-1], k)

@@ -101,6 +101,8 @@ def test_topk_ascending_rejects_bad_arguments():
         topk_ascending(torch.randn(1, MAX_COLS + 1), 2)
     with pytest.raises(ValueError, match="method must be one of"):
         topk_ascending(torch.randn(2, 8), 2, method="sort")
+    with pytest.raises(ValueError, match="group must be 0 or a power of two"):
+        topk_ascending(torch.randn(2, 8), 2, group=24)
 
 
 def _check_kernel(device) -> list[dict]:
@@ -110,10 +112,12 @@ def _check_kernel(device) -> list[dict]:
     for i, (name, scores, k) in enumerate(score_cases(device)):
         want = topk_ascending_ref(scores, k)
         dtype = (torch.int64, torch.int32)[i % 2]  # (the interpreter is slow: each case with one of the two)
-        for method in METHODS:
-            got = topk_ascending(scores, k, dtype=dtype, method=method)
+        # both searches; every third case also the interpolation search on one vector of columns (group 0)
+        # instead of its default groups of INTERP_GROUP columns
+        for method, group in [(m, None) for m in METHODS] + [("interp", 0)] * (i % 3 == 0):
+            got = topk_ascending(scores, k, dtype=dtype, method=method, group=group)
             ok = got.dtype == dtype and got.shape == want.shape and torch.equal(got.long().cpu(), want.cpu())
-            records.append(dict(case=f"{name} {method} {dtype}", ok=ok))
+            records.append(dict(case=f"{name} {method} group={group} {dtype}", ok=ok))
     return records
 
 
@@ -126,7 +130,8 @@ def test_triton_topk_in_interpreter():
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     records = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert len(records) == 2 * len(score_cases())
+    n = len(score_cases())
+    assert len(records) == 2 * n + -(-n // 3)
     assert all(r["ok"] for r in records), [r["case"] for r in records if not r["ok"]]
 
 
