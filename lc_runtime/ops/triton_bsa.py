@@ -72,8 +72,8 @@ its compute faster, key-range passes paid (iid: 0.064 s in 3 passes against 0.07
 of it takes key blocks in pairs per softmax update (the per-step overhead paid once per 128 keys) with a V ring one
 box deeper: 0.0555 s from the L2-resident slice, in 3 passes 0.062-0.063 s on iid / 0.060-0.061 s on rope inputs
 (bsa_h200_20261122-v3*.md; one pass was as fast on one H200 and 0.073-0.075 s on iid on another); it reads K/V
-from the L2 at ~8 TB/s there, so what is left (0.060 s for the whole op, whose selection and prep take ~6 ms) needs
-fewer bytes per FLOP: query blocks that share a K/V box
+from the L2 at ~8 TB/s there, so a kernel much faster than that needs fewer bytes per FLOP (session 12 replaced the
+passes by rotated walks, below, and cut the selection from ~6 ms to ~3.6 ms): query blocks that share a K/V box
 (two consumer warpgroups over the union of neighbours' selections, as the grouped Triton kernel does, but each
 warpgroup computing only its own blocks), not written.
 
@@ -112,9 +112,10 @@ sync, so the op stays CUDA-graph capturable); the kernels agree to fp32 rounding
 that.
 
 Selection: in topk mode the op selects each row's key blocks straight in ascending order with the Triton top-k of
-``triton_topk.py`` (radix search + prefix-sum compaction: 2.9-3.1 ms at the 720p refine shape against 4.2 ms for
-``torch.topk`` plus 3.5 ms for the ascending sort, bench/results/bsa_nvidia-h200_20261122-0027-topk.md); the cdf modes
-sort their descending selection; group unions cost one more sort.
+``triton_topk.py`` (interpolation search + grouped prefix-sum compaction: 1.3 ms at the 720p refine shape; the
+radix search 3.0 ms; ``torch.topk`` 4.2 ms plus 3.5 ms for the ascending sort; bench/results/bsa_op_probe_*-s12*,
+bsa_nvidia-h200_20261122-0027-topk.md); the cdf modes sort their descending selection; group unions cost one more
+sort.
 
 Limits: block size prod(chunk_3d_shape) must be a power of two >= 16 (tl.dot tile), D one of 16..256 (power of
 two), q/k/v must have unit stride along D (other strides are free); sizes must be exact multiples (no boundary
