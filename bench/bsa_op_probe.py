@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
-import inspect
 import json
 import sys
 from pathlib import Path
@@ -77,19 +76,17 @@ def parts(q, k, v):
             q, k, v, idx, counts, GRID, GRID, CHUNK, cfg, out=out, order="sorted", kv_blocks=kv
         ),
     }
-    for method in getattr(triton_topk, "METHODS", ("radix",)):
+    for method in triton_topk.METHODS:
         for warps in (None, *TOPK_WARPS):
-            kw = dict(method=method) if hasattr(triton_topk, "METHODS") else {}
             name = f"top-k: {method}" + (f", {warps} warps" if warps else "")
-            calls[name] = lambda kw=kw, w=warps: triton_topk.topk_ascending(
-                scores, k_sel, torch.int32, num_warps=w, **kw
+            calls[name] = lambda m=method, w=warps: triton_topk.topk_ascending(
+                scores, k_sel, torch.int32, num_warps=w, method=m
             )
-    if "group" in inspect.signature(triton_topk.topk_ascending).parameters:  # the interpolation search's row layout
-        for warps in (4, 8):
-            for group in TOPK_GROUPS:
-                calls[f"top-k: interp, {warps} warps, group {group}"] = lambda w=warps, g=group: (
-                    triton_topk.topk_ascending(scores, k_sel, torch.int32, num_warps=w, method="interp", group=g)
-                )
+    for warps in (4, 8):  # the interpolation search's row layout
+        for group in TOPK_GROUPS:
+            calls[f"top-k: interp, {warps} warps, group {group}"] = lambda w=warps, g=group: triton_topk.topk_ascending(
+                scores, k_sel, torch.int32, num_warps=w, method="interp", group=g
+            )
     checks = dict(k_sel=k_sel)
     fp32_idx = triton_topk.topk_ascending(bsa_mod.block_scores(q_mean, k_mean, None), k_sel, torch.int32)
     checks["selection rows differing, bf16-GEMM vs fp32-GEMM scores"] = [

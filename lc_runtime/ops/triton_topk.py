@@ -123,7 +123,6 @@ def _topk_interp_kernel(
     stride_o,
     BLOCK: tl.constexpr,
     MAX_STEPS: tl.constexpr,
-    FINISH: tl.constexpr,
     GROUP: tl.constexpr = 0,
 ):
     row = tl.program_id(0).to(tl.int64)
@@ -154,9 +153,7 @@ def _topk_interp_kernel(
     side = tl.full((), 0, tl.int32)  # the end the last guess replaced: 1 lo, -1 hi
     half = tl.full((), 1 << (MAX_STEPS - 1), tl.int64)  # after this step the bracket is at most this wide
     t = kmin  # the last guess (here lo)
-    searching = (c_lo != k_sel) & (hi - lo > 1)
-    if FINISH:
-        searching = searching & (c_lo != k_sel + 1) & (c_hi != k_sel - 1)
+    searching = (c_lo != k_sel) & (hi - lo > 1) & (c_lo != k_sel + 1) & (c_hi != k_sel - 1)
     while searching:
         # Guess: interpolate the count k + 0.5 between the ends (counts on the log-odds scale, the distances of the
         # ends weighted as in the Illinois method; float values), take its key, project it into the part of the
@@ -187,18 +184,13 @@ def _topk_interp_kernel(
         f_hi = tl.where(up, f_hi, f_c)
         hi_v = tl.where(up, hi_v, g_v)
         half = half >> 1
-        searching = (c != k_sel) & (hi - lo > 1)
-        if FINISH:
-            searching = searching & (c_lo != k_sel + 1) & (c_hi != k_sel - 1)
+        searching = (c != k_sel) & (hi - lo > 1) & (c_lo != k_sel + 1) & (c_hi != k_sel - 1)
     # The selection: all keys above a threshold key thr, and the columns <= cb of those equal to it.
     thr = t  # exactly k keys at or above the last guess t (c and t: the last step's): all of them
     cb = n_i - 1
     exact = c == k_sel
     one_over = (c_lo == k_sel + 1) & ~exact
     one_under = (c_hi == k_sel - 1) & ~exact & ~one_over
-    if not FINISH:
-        one_over = one_over & False
-        one_under = one_under & False
     if one_over | one_under:
         # One key too many at or above lo, or one too few at or above hi: one reduction of (key, column) pairs finds
         # the smallest key at or above lo (the largest below hi) and the highest (lowest) of its columns, the one
@@ -216,7 +208,7 @@ def _topk_interp_kernel(
     elif ~exact:
         # The bracket is one key wide: the k-th largest key is lo, above it are c_hi < k keys; cb: the column of
         # its (k - c_hi)-th occurrence, by bisection on the column (at most log2(n) counts; a prefix sum would take
-        # more registers than the rest of the kernel). With FINISH, rows end here only when four or more columns
+        # more registers than the rest of the kernel). Rows end here only when four or more columns
         # share the k-th largest score (c_lo >= k + 2, c_hi <= k - 2).
         thr = lo.to(tl.int32)
         need = k_sel - c_hi
@@ -299,6 +291,6 @@ def topk_ascending(
         else:
             group = INTERP_GROUP if group is None else group
             _topk_interp_kernel[(rows.shape[0],)](
-                *args, BLOCK=block, MAX_STEPS=INTERP_MAX_STEPS, FINISH=True, GROUP=min(group, block), num_warps=warps
+                *args, BLOCK=block, MAX_STEPS=INTERP_MAX_STEPS, GROUP=min(group, block), num_warps=warps
             )
     return out.view(*scores.shape[:-1], k)
