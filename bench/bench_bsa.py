@@ -98,6 +98,7 @@ def cfg_name(cfg) -> str:
     tma += f" maxnreg={cfg.maxnreg}" if cfg.maxnreg else ""
     tma += f" gluon v{cfg.gluon}" if cfg.gluon else ""
     tma += f" rotate={cfg.rotate}" if cfg.rotate else ""
+    tma += " raster" if cfg.raster else ""
     return f"n_sub={cfg.n_sub} warps={cfg.num_warps} stages={cfg.num_stages} passes={passes}{group}{tma}"
 
 
@@ -656,20 +657,23 @@ def _tma_configs(text: str) -> list[tuple]:
 
 
 def _gluon_configs(text: str) -> list[tuple]:
-    """'2,3x3,v2:2x3,v3:3r2' -> [(1, 2, 1, 0), (1, 3, 3, 0), (2, 2, 3, 0), (3, 3, 1, 2)] (kernel version, ring depth,
-    key-range passes, rotated walks: R programs per SM, 0 = none; rotation takes one pass)."""
+    """'2,3x3,v2:2x3,v3:3r2,v3:3r2c' -> [(1, 2, 1, 0, True), (1, 3, 3, 0, True), (2, 2, 3, 0, True),
+    (3, 3, 1, 2, True), (3, 3, 1, 2, False)] (kernel version, ring depth, key-range passes, rotated walks: R programs
+    per SM, 0 = none, rotation takes one pass; K/V boxes from the raster layout, or with a trailing 'c' from
+    block-major copies)."""
     rows = []
     try:
         for part in (p.strip() for p in text.split(",") if p.strip()):
-            version, _, rest = part.rpartition(":")
+            copies = part.endswith("c")
+            version, _, rest = part.removesuffix("c").rpartition(":")
             rest, _, rotate = rest.partition("r")
             stages, passes = (int(v) for v in (rest + "x1").split("x")[:2])
-            rows.append((int(version.lstrip("v") or 1), stages, passes, int(rotate or 0)))
+            rows.append((int(version.lstrip("v") or 1), stages, passes, int(rotate or 0), not copies))
     except ValueError:
         rows = []
-    if not rows or any(v not in (1, 2, 3) or st < 2 or p < 1 or r < 0 or (r and p > 1) for v, st, p, r in rows):
+    if not rows or any(v not in (1, 2, 3) or st < 2 or p < 1 or r < 0 or (r and p > 1) for v, st, p, r, _ in rows):
         raise argparse.ArgumentTypeError(
-            f"expected '[v1:|v2:|v3:]stages[xpasses|rR],...' (stages >= 2; rotation R in one pass), got {text!r}"
+            f"expected '[v1:|v2:|v3:]stages[xpasses|rR][c],...' (stages >= 2; rotation R in one pass), got {text!r}"
         )
     return rows
 
@@ -690,7 +694,8 @@ def main():
     parser.add_argument(
         "--gluon", type=_gluon_configs, default=[], metavar="[vV:]S[xP],...",
         help="also sweep the Gluon kernel (lc_runtime/ops/gluon_bsa.py): version V (1), ring depth S, passes P (1) "
-        "or rotated walks (rR: R programs per SM per turn, one pass)",
+        "or rotated walks (rR: R programs per SM per turn, one pass); K/V boxes from the raster layout (5-D TMA), or "
+        "with a trailing c from block-major copies",
     )  # fmt: skip
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -706,7 +711,8 @@ def main():
                for a, b, c, *g in ((*x, 1, 1) if len(x) == 3 else x for x in sweep)]  # fmt: skip
     tma = [BsaKernelConfig(n_sub=n, num_warps=w, num_stages=s, tma=True, maxnreg=r, kv_passes=1)
            for n, w, s, r in (args.tma_configs or (QUICK_TMA_SWEEP if quick else TMA_SWEEP))]  # fmt: skip
-    tma += [BsaKernelConfig(num_stages=st, tma=True, kv_passes=p, gluon=ver, rotate=r) for ver, st, p, r in args.gluon]
+    tma += [BsaKernelConfig(num_stages=st, tma=True, kv_passes=p, gluon=ver, rotate=r, raster=ra)
+            for ver, st, p, r, ra in args.gluon]  # fmt: skip
     configs = {"gathered": configs, "tma": [BsaKernelConfig(), *tma], "all": configs + tma}[args.sweep]
     env = environment(device)
     tag = re.sub(r"[^a-z0-9]+", "_", env["gpu"].lower().replace("nvidia", "")).strip("_") or "gpu"

@@ -2,10 +2,11 @@
 its parts and its variants, timed side by side in one run (bench_bsa.py's Timer: L2 flushed before each rep; rounds
 alternate the variants so that clock drift hits them alike):
 
-- the op as it runs by default, and with key-range passes instead of rotated walks (``GLUON_DETERMINISTIC_CONFIG``,
-  what deterministic mode runs);
-- its parts: k's copy + means, v's copy, q's means, the scores as a bf16 GEMM with fp32 output (the op) and as an
-  fp32 GEMM, each top-k method, the kernel alone;
+- the op as it runs by default, with key-range passes instead of rotated walks (``GLUON_DETERMINISTIC_CONFIG``,
+  what deterministic mode runs), with block-major K/V copies instead of raster reads (``raster=False``), and on the
+  DiT's [B, S, H, D] layout (q, k, v transposed views);
+- its parts: k's means, k's copy + means, v's copy, q's means, the scores as a bf16 GEMM with fp32 output (the op)
+  and as an fp32 GEMM, each top-k method, the kernel alone (raster reads; block-major copies);
 - checks: the selections from the bf16-GEMM and the fp32-GEMM scores (rows that differ), the top-k methods'
   indices (equal), and how far two runs of the op apart differ (rotated walks: the bits depend on timing).
 
@@ -45,14 +46,34 @@ def op_variants(q, k, v):
     """name -> a call of the op in that variant (module switches set around the call, restored after)."""
     run = lambda: bsa_mod.block_sparse_attention(q, k, v, GRID, GRID, SPARSITY)  # noqa: E731
 
-    def passes():
-        old = triton_bsa.set_default_config(triton_bsa.GLUON_DETERMINISTIC_CONFIG)
-        try:
-            return run()
-        finally:
-            triton_bsa.set_default_config(old)
+    def with_config(cfg, *qkv):
+        def call():
+            old = triton_bsa.set_default_config(cfg)
+            try:
+                return bsa_mod.block_sparse_attention(*(qkv or (q, k, v)), GRID, GRID, SPARSITY)
+            finally:
+                triton_bsa.set_default_config(old)
 
-    return {"op (default)": run, "op, key-range passes": passes}
+        return call
+
+    copies = dataclasses.replace(triton_bsa.default_config(q), raster=False)
+    # the DiT's layout: [B, S, H, D] buffers seen as [B, H, S, D] (strided K/V boxes: 256-byte rows 8 KB apart)
+    qt, kt, vt = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in (q, k, v))
+    # the DiT's own: q and k [B, S, H, D] (its fused norm + RoPE kernel's output), v a view of the QKV GEMM's output
+    qkv = torch.stack([q, k, v], dim=1).permute(0, 3, 1, 2, 4).contiguous()  # [B, S, 3, H, D]
+    v_dit = qkv[:, :, 2].transpose(1, 2)
+    del qkv
+    return {
+        "op (default)": run,
+        "op, key-range passes": with_config(triton_bsa.GLUON_DETERMINISTIC_CONFIG),
+        f"op, block-major K/V copies ({cfg_label(copies)})": with_config(copies),
+        "op on [B, S, H, D] buffers": lambda: bsa_mod.block_sparse_attention(qt, kt, vt, GRID, GRID, SPARSITY),
+        "op on [B, S, H, D] buffers, raster reads": with_config(dataclasses.replace(copies, raster=True), qt, kt, vt),
+        "op on [B, S, H, D] buffers, block-major copies": with_config(copies, qt, kt, vt),
+        "op on the DiT's buffers (v in the QKV output)": with_config(triton_bsa.default_config(q), qt, kt, v_dit),
+        "op on the DiT's buffers, raster reads": with_config(dataclasses.replace(copies, raster=True), qt, kt, v_dit),
+        "op on the DiT's buffers, block-major copies": with_config(copies, qt, kt, v_dit),
+    }
 
 
 def parts(q, k, v):
@@ -66,14 +87,19 @@ def parts(q, k, v):
     kv = tuple(triton_bsa.blocks_and_means(x, GRID, CHUNK, pool=False)[0] for x in (k, v))
     out = torch.empty_like(q)
     cfg = triton_bsa.default_config(q)
+    copies = dataclasses.replace(cfg, raster=False)
     calls = {
+        "prep: k means": lambda: triton_bsa.blocks_and_means(k, GRID, CHUNK, store=False),
         "prep: k copy + means": lambda: triton_bsa.blocks_and_means(k, GRID, CHUNK),
         "prep: v copy": lambda: triton_bsa.blocks_and_means(v, GRID, CHUNK, pool=False),
         "prep: q means": lambda: triton_bsa.blocks_and_means(q, GRID, CHUNK, store=False),
         "scores: bf16 GEMM, fp32 out (the op)": lambda: bsa_mod.block_scores(q_mean, k_mean, q.dtype),
         "scores: fp32 GEMM": lambda: bsa_mod.block_scores(q_mean, k_mean, None),
         f"kernel alone ({cfg_label(cfg)})": lambda: triton_bsa.bsa_forward(
-            q, k, v, idx, counts, GRID, GRID, CHUNK, cfg, out=out, order="sorted", kv_blocks=kv
+            q, k, v, idx, counts, GRID, GRID, CHUNK, cfg, out=out, order="sorted"
+        ),
+        f"kernel alone ({cfg_label(copies)}, copies made before)": lambda: triton_bsa.bsa_forward(
+            q, k, v, idx, counts, GRID, GRID, CHUNK, copies, out=out, order="sorted", kv_blocks=kv
         ),
     }
     for method in triton_topk.METHODS:
@@ -133,6 +159,9 @@ def main() -> None:
                 times[name].append(timer(fn, args.reps)["median_s"])
         first, second = (bsa_mod.block_sparse_attention(q, k, v, GRID, GRID, SPARSITY) for _ in range(2))
         checks["op: max |difference| between two runs"] = (first.float() - second.float()).abs().max().item()
+        for name, fn in calls.items():  # the other layouts and configs give the same result up to fp32 rounding
+            if name.startswith("op,") or name.startswith("op on"):
+                checks[f"{name}: max |difference| from the op"] = (fn().float() - first.float()).abs().max().item()
         rows = {name: dict(median_s=sorted(ts)[len(ts) // 2], min_s=min(ts), rounds=ts) for name, ts in times.items()}
         payload["inputs"][kind] = dict(times=rows, checks=checks)
         lines += [f"## {kind}", "", "| what | median s | min s |", "|---|---|---|"]

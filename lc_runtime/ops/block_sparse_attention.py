@@ -398,21 +398,23 @@ def _bsa_cuda(q, k, v, latent_shape_q, latent_shape_k, sparsity, cdf_threshold, 
     # the kernel visits key blocks in ascending order: the topk mode selects them in that order in one Triton pass
     # (triton_topk.py) instead of top-k's sort and a second, ascending one
     out = _empty_output(q)
-    if triton_bsa.default_config(q).tma:
-        # the TMA kernel reads block-major copies of k and v: one Triton pass makes k's copy and pools its block
-        # means, one makes v's, one pools q (no reorder copy of q), instead of pooling q and k from the raster layout
-        # with PyTorch and copying k and v after
+    cfg = triton_bsa.default_config(q)
+    if cfg.tma:
+        # One Triton pass pools q's block means, one k's; the Gluon kernel reads K/V boxes straight from the raster
+        # layout (5-D TMA descriptors), other TMA kernels from block-major copies of k and v (k's copy made in its
+        # pooling pass) instead of pooling q and k from the raster layout with PyTorch and copying k and v after.
         q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
         _block_grid(latent_shape_q, chunk_3d_shape, q.shape[2], "q")
         _block_grid(latent_shape_k, chunk_3d_shape, k.shape[2], "k")
-        k_blocks, k_mean = triton_bsa.blocks_and_means(k, latent_shape_k, chunk_3d_shape)
+        raster = triton_bsa.raster_kv(q, k, v, latent_shape_k, chunk_3d_shape, cfg) is not None
+        k_blocks, k_mean = triton_bsa.blocks_and_means(k, latent_shape_k, chunk_3d_shape, store=not raster)
         q_mean = triton_bsa.blocks_and_means(q, latent_shape_q, chunk_3d_shape, store=False)[1]
-        v_blocks = triton_bsa.blocks_and_means(v, latent_shape_k, chunk_3d_shape, pool=False)[0]
+        v_blocks = None if raster else triton_bsa.blocks_and_means(v, latent_shape_k, chunk_3d_shape, pool=False)[0]
         indices, counts = _select_from_means(q_mean, k_mean, sparsity, cdf_threshold, "ascending", q.dtype)
         del q_mean, k_mean
         return triton_bsa.bsa_forward(
-            q, k, v, indices, counts, latent_shape_q, latent_shape_k, chunk_3d_shape, out=out, order="sorted",
-            kv_blocks=(k_blocks, v_blocks),
+            q, k, v, indices, counts, latent_shape_q, latent_shape_k, chunk_3d_shape, cfg, out=out, order="sorted",
+            kv_blocks=None if raster else (k_blocks, v_blocks),
         )  # fmt: skip
     indices, counts = select_blocks_raster(
         q, k, latent_shape_q, latent_shape_k, sparsity, cdf_threshold, chunk_3d_shape, order="ascending"

@@ -68,22 +68,36 @@ BLOCK_ROWS = 64  # one warpgroup's wgmma M: query and key blocks of 64 tokens
 
 
 @gluon.jit
-def _issue_kv(desc, ring, bars, slot, row, pred):
+def _issue_kv(
+    desc, ring, bars, slot, blk, kv_x, kv_t, pred, RASTER: gl.constexpr, NB_H: gl.constexpr, NB_W: gl.constexpr
+):
+    """TMA load of key block ``blk``'s [64, D] box into ``ring[slot]``. Block-major copies: the box's first row is
+    (kv_x + blk) * 64 (kv_x: the head's first block). ``RASTER``: a [1, CT, CH, CW, D] box of the 5-D view (x, t, h,
+    w, d) of the raster layout at x = kv_x, t = kv_t + bt * CT, h = bh * CH, w = bw * CW, (bt, bh, bw) = blk in
+    the row-major grid of NB_H x NB_W blocks per frame; the box's rows land in (t, h, w) order, as in the copies."""
     bar = bars.index(slot)
     mbarrier.expect(bar, desc.block_type.nbytes, pred=pred)
-    tma.async_copy_global_to_shared(desc, [row, 0], bar, ring.index(slot), pred=pred)
+    if RASTER:
+        box: gl.constexpr = desc.block_type.shape
+        bt = blk // (NB_H * NB_W)
+        rem = blk - bt * (NB_H * NB_W)
+        bh = rem // NB_W
+        bw = rem - bh * NB_W
+        coords = [kv_x, kv_t + bt * box[1], bh * box[2], bw * box[3], 0]
+        tma.async_copy_global_to_shared(desc, coords, bar, ring.index(slot).reshape(box), pred=pred)
+    else:
+        tma.async_copy_global_to_shared(desc, [(kv_x + blk) * ring.shape[1], 0], bar, ring.index(slot), pred=pred)
 
 
 @gluon.jit
-def _box_row(idx_row, i, n, kv_row0, first, BLOCK: gl.constexpr, ROTATE: gl.constexpr):
-    """First row, in the block-major K/V copies, of the row's i-th selected block (past the row's count: the
-    head's first block, for a load that is predicated off). ``ROTATE``: the i-th block of the walk that starts at
-    list position ``first`` and wraps around."""
+def _box(idx_row, i, n, first, ROTATE: gl.constexpr):
+    """The row's i-th selected key block (past the row's count: block 0, for a load that is predicated off).
+    ``ROTATE``: the i-th block of the walk that starts at list position ``first`` and wraps around."""
     j = i
     if ROTATE:
         j = i + first
         j = j - n * (j >= n).to(gl.int32)
-    return (kv_row0 + gl.load(idx_row + j, mask=i < n, other=0)) * BLOCK
+    return gl.load(idx_row + j, mask=i < n, other=0)
 
 
 @gluon.jit
@@ -107,7 +121,19 @@ def _softmax_one(s, m_i, l_i, qk_scale):
     return p, m_new, l_new, alpha
 
 
-@gluon.jit(do_not_specialize=["num_heads", "seq_q", "nk_blocks", "q_grid_h", "q_grid_w", "q_blocks_h", "q_blocks_w"])
+@gluon.jit(
+    do_not_specialize=[
+        "num_heads",
+        "seq_q",
+        "nk_blocks",
+        "q_grid_h",
+        "q_grid_w",
+        "q_blocks_h",
+        "q_blocks_w",
+        "kv_xb",
+        "kv_tb",
+    ]
+)
 def _bsa_fwd_gluon_kernel(
     Q,
     desc_k,
@@ -140,6 +166,8 @@ def _bsa_fwd_gluon_kernel(
     q_blocks_w,
     PROGRESS,
     TURN,
+    kv_xb,
+    kv_tb,
     CT: gl.constexpr,
     CH: gl.constexpr,
     CW: gl.constexpr,
@@ -152,9 +180,15 @@ def _bsa_fwd_gluon_kernel(
     LAST: gl.constexpr,
     ROTATE: gl.constexpr = False,
     K_MAX: gl.constexpr = 1,
+    RASTER: gl.constexpr = False,
+    NB_H: gl.constexpr = 1,
+    NB_W: gl.constexpr = 1,
 ):
     BLOCK: gl.constexpr = CT * CH * CW
     dtype: gl.constexpr = desc_k.dtype
+    # Q and the K/V rings: [64, D] tiles, the layout of the block-major descriptors (a 5-D raster box has the same
+    # bytes: rows in (t, h, w) order, one 128-byte swizzle)
+    tile_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK, HEAD_DIM], dtype)
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(
         version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BLOCK, 16]
     )
@@ -182,14 +216,14 @@ def _bsa_fwd_gluon_kernel(
     q = gl.load(
         Q + b * stride_qb + h * stride_qh + q_rows[:, None] * stride_qs + offs_d[None, :], eviction_policy="evict_first"
     )
-    q_smem = gl.allocate_shared_memory(dtype, [BLOCK, HEAD_DIM], desc_k.layout, q)
+    q_smem = gl.allocate_shared_memory(dtype, [BLOCK, HEAD_DIM], tile_layout, q)
     if QREG:  # Q as the register operand of QKᵀ (32 more registers, 16 KB less shared-memory traffic per block)
         q_op = q_smem.load(gl.DotOperandLayout(operand_index=0, parent=s_layout, k_width=2))
     else:
         q_op = q_smem
 
-    k_ring = gl.allocate_shared_memory(dtype, [KS, BLOCK, HEAD_DIM], desc_k.layout)
-    v_ring = gl.allocate_shared_memory(dtype, [VS, BLOCK, HEAD_DIM], desc_v.layout)
+    k_ring = gl.allocate_shared_memory(dtype, [KS, BLOCK, HEAD_DIM], tile_layout)
+    v_ring = gl.allocate_shared_memory(dtype, [VS, BLOCK, HEAD_DIM], tile_layout)
     k_bars = gl.allocate_shared_memory(gl.int64, [KS, 1], mbarrier.MBarrierLayout())
     v_bars = gl.allocate_shared_memory(gl.int64, [VS, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(KS):
@@ -214,7 +248,12 @@ def _bsa_fwd_gluon_kernel(
         acc = gl.load(acc_ptrs, eviction_policy="evict_first")
     n = gl.load(END + sel) - start
     idx_row = IDX + b * stride_ib + h * stride_ih + pid_q.to(gl.int64) * stride_iq + start
-    kv_row0 = pid_bh * nk_blocks
+    if RASTER:  # the head's K/V in the 5-D raster view: x = b * kv_xb + h, frames from t = b * kv_tb
+        kv_x = (b * kv_xb + h).to(gl.int32)
+        kv_t = (b * kv_tb).to(gl.int32)
+    else:  # the head's first block in the block-major copies
+        kv_x = pid_bh * nk_blocks
+        kv_t = 0
     if ROTATE:  # one pass: the walk starts at the first selected block at or after the common phase, wraps around
         done = gl.load(PROGRESS, volatile=True)
         phase = (done * nk_blocks // gl.load(TURN)) % nk_blocks
@@ -227,23 +266,23 @@ def _bsa_fwd_gluon_kernel(
 
     if PAIRS:  # version 3: two key blocks per softmax update
         for i in gl.static_range(VS):  # the V ring is the deeper one
-            row = _box_row(idx_row, i, n, kv_row0, first, BLOCK, ROTATE)
+            blk = _box(idx_row, i, n, first, ROTATE)
             if i < KS:
-                _issue_kv(desc_k, k_ring, k_bars, i, row, i < n)
-            _issue_kv(desc_v, v_ring, v_bars, i, row, i < n)
+                _issue_kv(desc_k, k_ring, k_bars, i, blk, kv_x, kv_t, i < n, RASTER, NB_H, NB_W)
+            _issue_kv(desc_v, v_ring, v_bars, i, blk, kv_x, kv_t, i < n, RASTER, NB_H, NB_W)
 
         npairs = n // 2
         if npairs > 0:
             # pair 0: its scores, softmax, and the rescale of a carried state (alpha = 0 on a fresh one)
-            kr_a = _box_row(idx_row, KS, n, kv_row0, first, BLOCK, ROTATE)
-            kr_b = _box_row(idx_row, KS + 1, n, kv_row0, first, BLOCK, ROTATE)
+            kb_a = _box(idx_row, KS, n, first, ROTATE)
+            kb_b = _box(idx_row, KS + 1, n, first, ROTATE)
             mbarrier.wait(k_bars.index(0), 0)
             sa_tok = warpgroup_mma(q_op, k_ring.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
             mbarrier.wait(k_bars.index(1 % KS), (1 // KS) & 1)
             sb_tok = warpgroup_mma(q_op, k_ring.index(1 % KS).permute((1, 0)), s_zero, use_acc=False, is_async=True)
             s_a, s_b = warpgroup_mma_wait(0, deps=(sa_tok, sb_tok))
-            _issue_kv(desc_k, k_ring, k_bars, 0, kr_a, n > KS)
-            _issue_kv(desc_k, k_ring, k_bars, 1 % KS, kr_b, n > KS + 1)
+            _issue_kv(desc_k, k_ring, k_bars, 0, kb_a, kv_x, kv_t, n > KS, RASTER, NB_H, NB_W)
+            _issue_kv(desc_k, k_ring, k_bars, 1 % KS, kb_b, kv_x, kv_t, n > KS + 1, RASTER, NB_H, NB_W)
             p_a, p_b, m_i, l_i, alpha = _softmax_pair(s_a, s_b, m_i, l_i, qk_scale)
             pa_op = gl.convert_layout(p_a.to(dtype), p_layout)
             pb_op = gl.convert_layout(p_b.to(dtype), p_layout)
@@ -251,10 +290,10 @@ def _bsa_fwd_gluon_kernel(
             for pj in range(1, npairs):
                 a = 2 * pj
                 # the rows of this iteration's refills, loaded before the waits that hide their latency
-                kr_a = _box_row(idx_row, a + KS, n, kv_row0, first, BLOCK, ROTATE)
-                kr_b = _box_row(idx_row, a + 1 + KS, n, kv_row0, first, BLOCK, ROTATE)
-                vr_a = _box_row(idx_row, a - 2 + VS, n, kv_row0, first, BLOCK, ROTATE)
-                vr_b = _box_row(idx_row, a - 1 + VS, n, kv_row0, first, BLOCK, ROTATE)
+                kb_a = _box(idx_row, a + KS, n, first, ROTATE)
+                kb_b = _box(idx_row, a + 1 + KS, n, first, ROTATE)
+                vb_a = _box(idx_row, a - 2 + VS, n, first, ROTATE)
+                vb_b = _box(idx_row, a - 1 + VS, n, first, ROTATE)
                 mbarrier.wait(k_bars.index(a % KS), (a // KS) & 1)
                 sa_tok = warpgroup_mma(q_op, k_ring.index(a % KS).permute((1, 0)), s_zero, use_acc=False, is_async=True)
                 mbarrier.wait(k_bars.index((a + 1) % KS), ((a + 1) // KS) & 1)
@@ -266,14 +305,14 @@ def _bsa_fwd_gluon_kernel(
                 mbarrier.wait(v_bars.index((a - 1) % VS), ((a - 1) // VS) & 1)
                 o_tok = warpgroup_mma(pb_op, v_ring.index((a - 1) % VS), o_tok, is_async=True)
                 s_a, s_b = warpgroup_mma_wait(2, deps=(sa_tok, sb_tok))
-                _issue_kv(desc_k, k_ring, k_bars, a % KS, kr_a, a + KS < n)
-                _issue_kv(desc_k, k_ring, k_bars, (a + 1) % KS, kr_b, a + 1 + KS < n)
+                _issue_kv(desc_k, k_ring, k_bars, a % KS, kb_a, kv_x, kv_t, a + KS < n, RASTER, NB_H, NB_W)
+                _issue_kv(desc_k, k_ring, k_bars, (a + 1) % KS, kb_b, kv_x, kv_t, a + 1 + KS < n, RASTER, NB_H, NB_W)
                 p_a, p_b, m_i, l_i, alpha = _softmax_pair(s_a, s_b, m_i, l_i, qk_scale)
                 pa_op_next = gl.convert_layout(p_a.to(dtype), p_layout)
                 pb_op_next = gl.convert_layout(p_b.to(dtype), p_layout)
                 acc = warpgroup_mma_wait(0, deps=(o_tok,))
-                _issue_kv(desc_v, v_ring, v_bars, (a - 2) % VS, vr_a, a - 2 + VS < n)
-                _issue_kv(desc_v, v_ring, v_bars, (a - 1) % VS, vr_b, a - 1 + VS < n)
+                _issue_kv(desc_v, v_ring, v_bars, (a - 2) % VS, vb_a, kv_x, kv_t, a - 2 + VS < n, RASTER, NB_H, NB_W)
+                _issue_kv(desc_v, v_ring, v_bars, (a - 1) % VS, vb_b, kv_x, kv_t, a - 1 + VS < n, RASTER, NB_H, NB_W)
                 acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
                 if ROTATE:
                     gl.atomic_add(PROGRESS, 2, sem="relaxed")
@@ -301,22 +340,24 @@ def _bsa_fwd_gluon_kernel(
         if n > 0:  # a row can select no block in a pass's key range: its state passes through
             # prologue: the first KS blocks' K and V in flight
             for i in gl.static_range(KS):
-                row = _box_row(idx_row, i, n, kv_row0, first, BLOCK, ROTATE)
-                _issue_kv(desc_k, k_ring, k_bars, i, row, i < n)
-                _issue_kv(desc_v, v_ring, v_bars, i, row, i < n)
+                blk = _box(idx_row, i, n, first, ROTATE)
+                _issue_kv(desc_k, k_ring, k_bars, i, blk, kv_x, kv_t, i < n, RASTER, NB_H, NB_W)
+                _issue_kv(desc_v, v_ring, v_bars, i, blk, kv_x, kv_t, i < n, RASTER, NB_H, NB_W)
             # Box rows of the next refills, loaded an iteration before they are issued (a scalar load waited for at
             # the issue would stall the softmax): the K refill of iteration j is block j + KS, the V refill block
             # j - 1 + KS, i.e. the previous iteration's K refill.
-            k_row = _box_row(idx_row, KS, n, kv_row0, first, BLOCK, ROTATE)
-            k_row_next = _box_row(idx_row, KS + 1, n, kv_row0, first, BLOCK, ROTATE)
+            k_blk = _box(idx_row, KS, n, first, ROTATE)
+            k_blk_next = _box(idx_row, KS + 1, n, first, ROTATE)
 
             # block 0: S_0, its softmax, and the rescale of a carried state (alpha = 0 on a fresh one)
             mbarrier.wait(k_bars.index(0), 0)
             s_tok = warpgroup_mma(q_op, k_ring.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
             s = warpgroup_mma_wait(0, deps=(s_tok,))
-            _issue_kv(desc_k, k_ring, k_bars, 0, k_row, n > KS)  # K slot 0 is free: block KS's K
-            v_row = k_row
-            k_row = k_row_next
+            _issue_kv(
+                desc_k, k_ring, k_bars, 0, k_blk, kv_x, kv_t, n > KS, RASTER, NB_H, NB_W
+            )  # K slot 0 is free: block KS's K
+            v_blk = k_blk
+            k_blk = k_blk_next
             p, m_i, l_i, alpha = _softmax_one(s, m_i, l_i, qk_scale)
             acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
 
@@ -324,22 +365,26 @@ def _bsa_fwd_gluon_kernel(
                 slot = j % KS
                 prev = (j - 1) % KS
                 ahead = j + 1 + KS
-                k_row_next = _box_row(idx_row, ahead, n, kv_row0, first, BLOCK, ROTATE)
+                k_blk_next = _box(idx_row, ahead, n, first, ROTATE)
                 mbarrier.wait(k_bars.index(slot), (j // KS) & 1)
                 s_tok = warpgroup_mma(q_op, k_ring.index(slot).permute((1, 0)), s_zero, use_acc=False, is_async=True)
                 mbarrier.wait(v_bars.index(prev), ((j - 1) // KS) & 1)
                 p_op = gl.convert_layout(p.to(dtype), p_layout)
                 o_tok = warpgroup_mma(p_op, v_ring.index(prev), acc, is_async=True)
                 s = warpgroup_mma_wait(1, deps=(s_tok,))
-                _issue_kv(desc_k, k_ring, k_bars, slot, k_row, j + KS < n)  # K slot free: block j + KS's K
+                _issue_kv(
+                    desc_k, k_ring, k_bars, slot, k_blk, kv_x, kv_t, j + KS < n, RASTER, NB_H, NB_W
+                )  # K slot free: block j + KS's K
                 p, m_i, l_i, alpha = _softmax_one(s, m_i, l_i, qk_scale)
                 acc = warpgroup_mma_wait(0, deps=(o_tok,))
-                _issue_kv(desc_v, v_ring, v_bars, prev, v_row, j - 1 + KS < n)  # V slot free: j - 1 + KS's V
+                _issue_kv(
+                    desc_v, v_ring, v_bars, prev, v_blk, kv_x, kv_t, j - 1 + KS < n, RASTER, NB_H, NB_W
+                )  # V slot free: j - 1 + KS's V
                 acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
                 if ROTATE:
                     gl.atomic_add(PROGRESS, 1, sem="relaxed")
-                v_row = k_row
-                k_row = k_row_next
+                v_blk = k_blk
+                k_blk = k_blk_next
 
             # the last block's PV
             last = (n - 1) % KS
@@ -381,6 +426,43 @@ def kv_descriptors(kv_blocks, d: int):
     return [TensorDescriptor(x, list(x.shape), [d, 1], [BLOCK_ROWS, d], layout) for x in kv_blocks]
 
 
+def raster_view(x: torch.Tensor, latent_shape, chunk):
+    """The 5-D view (x, t, h, w, d) of raster-ordered x [B, H, S, D] in which a 3-D block is one [1, CT, CH, CW, D]
+    TMA box, as (shape, strides, kv_xb, kv_tb): batch b, head h reads x = b * kv_xb + h from frame t = b * kv_tb on.
+    The batch folds into the head axis ([B, H, S, D] contiguous) or into the frame axis ([B, S, H, D] seen as
+    [B, H, S, D], the DiT's layout). None when the strides allow neither, or TMA cannot address them (16-byte
+    alignment): the caller then makes block-major copies."""
+    b, heads, seq, d = x.shape
+    sb, sh, ss, sd = x.stride()
+    t, hh, w = (int(n) for n in latent_shape)
+    frame = hh * w * ss
+    strides = [sh, frame, w * ss, ss, 1]
+    if sd != 1 or t * hh * w != seq:
+        return None
+    if b == 1 or sb == heads * sh:
+        view = [b * heads, t, hh, w, d], strides, heads, 0
+    elif sb == t * frame:
+        view = [heads, b * t, hh, w, d], strides, 0, t
+    else:
+        return None
+    if x.data_ptr() % 16 or any(st * x.element_size() % 16 for st in strides[:-1]):
+        return None
+    return view
+
+
+def raster_descriptors(k: torch.Tensor, v: torch.Tensor, latent_shape_k, chunk):
+    """Gluon TMA descriptors over raster-ordered K and V (:func:`raster_view`, one [1, CT, CH, CW, D] box per key
+    block) and the kernel's (kv_xb, kv_tb); None when either tensor has no such view or the two differ in it."""
+    views = [raster_view(x, latent_shape_k, chunk) for x in (k, v)]
+    if views[0] is None or views[1] is None or views[0][2:] != views[1][2:]:
+        return None
+    dtype = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}[k.dtype]
+    box = [1, *(int(c) for c in chunk), k.shape[-1]]
+    layout = gl.NVMMASharedLayout.get_default_for(box, dtype)
+    descs = [TensorDescriptor(x, shape, strides, box, layout) for x, (shape, strides, _, _) in zip((k, v), views)]
+    return descs, views[0][2:]
+
+
 def kernel_and_meta(version: int, stages: int):
     """The kernel and its constexprs for a version (triton_bsa's ``_launch_tma`` launches it once per key-range pass
     with the Triton TMA kernel's arguments and ``kv_descriptors``' descriptors, 4 warps): 1 / 2, one key block per
@@ -391,19 +473,26 @@ def kernel_and_meta(version: int, stages: int):
     return _bsa_fwd_gluon_kernel, dict(KS=stages, VS=stages, QREG=version == 2, PAIRS=False)
 
 
-def compile_for_sm90(version=3, stages=3, head_dim=128, dtype=torch.bfloat16, first=True, last=True, rotate=False):
+def compile_for_sm90(
+    version=3, stages=3, head_dim=128, dtype=torch.bfloat16, first=True, last=True, rotate=False, raster=False
+):
     """Compile a kernel version for sm_90 without a GPU (Triton's bundled ptxas): the compiled kernel, whose
     ``asm`` and ``metadata.shared`` the CPU tests read."""
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
     from triton.runtime.jit import mangle_type
 
-    rows = 4 * BLOCK_ROWS
-    blocks = [torch.empty(rows, head_dim, dtype=dtype) for _ in range(2)]
-    desc_k, desc_v = kv_descriptors(blocks, head_dim)
+    if raster:  # K and V [1, 2, 4 * 4 * 8, D] on a (4, 4, 8) token grid
+        kv = [torch.empty(1, 2, 128, head_dim, dtype=dtype) for _ in range(2)]
+        (desc_k, desc_v), _ = raster_descriptors(*kv, (4, 4, 8), (4, 4, 4))
+    else:
+        desc_k, desc_v = kv_descriptors(
+            [torch.empty(4 * BLOCK_ROWS, head_dim, dtype=dtype) for _ in range(2)], head_dim
+        )
     ptr = "*" + {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
     fn, rings = kernel_and_meta(version, stages)
     constexprs = dict(CT=4, CH=4, CW=4, HEAD_DIM=head_dim, FIRST=first, LAST=last, ROTATE=rotate, K_MAX=256, **rings)
+    constexprs.update(RASTER=raster, NB_H=11 if raster else 1, NB_W=20 if raster else 1)  # the 720p refine grid
     signature = {name: "constexpr" if name in constexprs else "i32" for name in fn.arg_names}
     signature.update(Q=ptr, O=ptr, IDX="*i32", START="*i32", END="*i32", qk_scale="fp32")
     signature.update(ACC="*fp32", M_STATE="*fp32", L_STATE="*fp32", PROGRESS="*i64", TURN="*i64")

@@ -151,7 +151,9 @@ class BsaKernelConfig:
     64..256), the Triton TMA kernel elsewhere; rotate: R > 0 (Gluon kernel, one pass) starts each program's walk over
     its ascending list at the phase of the key range that all programs share at that moment (key blocks done so far
     in the launch, one turn per R x SMs programs' selections), wrapping around, so that the resident programs read
-    one region of K/V (see "Rotated walks" in the design note; the output bits depend on timing)."""
+    one region of K/V (see "Rotated walks" in the design note; the output bits depend on timing); raster (Gluon kernel):
+    K/V boxes straight from the raster layout through 5-D TMA descriptors (``gluon_bsa.raster_view``) instead of
+    block-major copies, where the strides allow one (else the copies are made)."""
 
     n_sub: int = 1
     num_warps: int = 4
@@ -164,6 +166,7 @@ class BsaKernelConfig:
     maxnreg: int | None = None
     gluon: int = 0
     rotate: int = 0
+    raster: bool = False
 
     @property
     def group(self) -> int:
@@ -188,8 +191,8 @@ TMA_CONFIG = BsaKernelConfig(num_stages=4, kv_passes=1, tma=True)
 # (bench/results/bsa_kernel_probe_nvidia-h200_20261122-rotate.json). Their walk order depends on timing, so their
 # output bits can differ from run to run (by fp32 rounding); ``GLUON_DETERMINISTIC_CONFIG`` (3 passes on an H200) is
 # what the op runs under ``torch.use_deterministic_algorithms(True)``.
-GLUON_CONFIG = BsaKernelConfig(num_stages=3, kv_passes=1, tma=True, gluon=3, rotate=2)
-GLUON_DETERMINISTIC_CONFIG = BsaKernelConfig(num_stages=3, kv_passes=None, tma=True, gluon=3)
+GLUON_CONFIG = BsaKernelConfig(num_stages=3, kv_passes=1, tma=True, gluon=3, rotate=2, raster=True)
+GLUON_DETERMINISTIC_CONFIG = BsaKernelConfig(num_stages=3, kv_passes=None, tma=True, gluon=3, raster=True)
 # Grouped variant: pairs of w-neighbouring query blocks, 128-row tiles over the union of their selections (two
 # warpgroups). Wins when neighbours share selections (real / RoPE-structured heads), loses on iid inputs.
 GROUPED_CONFIG = BsaKernelConfig(num_warps=8, num_stages=3, group_w=2)
@@ -626,6 +629,8 @@ def bsa_forward(
     if cfg.tma and q.is_cuda and torch.cuda.get_device_capability(q.device)[0] < 9:
         raise ValueError("the TMA kernel needs an sm_90+ GPU (Hopper or newer); use BsaKernelConfig(tma=False)")
     passes = cfg.kv_passes or auto_kv_passes(k)
+    if cfg.raster and not cfg.gluon:
+        raise ValueError(f"raster K/V reads (5-D TMA boxes) need the Gluon kernel; got {cfg}")
     if cfg.rotate and not (cfg.gluon and passes == 1 and order != "as_given"):
         raise ValueError(f"rotated walks need the Gluon kernel, one key-range pass and a sorted selection; got {cfg}")
     if order not in ("sort", "sorted", "as_given") or (order == "as_given" and (passes > 1 or cfg.group > 1)):
@@ -685,25 +690,46 @@ def bsa_forward(
     return out
 
 
+def _runs_gluon(q: torch.Tensor, chunk, cfg: BsaKernelConfig) -> bool:
+    """Whether ``cfg`` launches the Gluon kernel for q (else the Triton TMA kernel)."""
+    return bool(cfg.gluon) and q.is_cuda and _gluon_runs_on(q.device) and _gluon_module().supports(q, chunk)
+
+
+def raster_kv(q, k, v, latent_shape_k, chunk, cfg: BsaKernelConfig):
+    """The Gluon kernel's TMA descriptors over raster-ordered k and v and its (kv_xb, kv_tb) when ``cfg`` reads K/V
+    boxes from the raster layout (``cfg.raster``, the Gluon kernel runs, and ``gluon_bsa.raster_view`` describes both
+    tensors); None when the kernel reads block-major copies instead."""
+    if not (cfg.raster and _runs_gluon(q, chunk, cfg)):
+        return None
+    return _gluon_module().raster_descriptors(k, v, latent_shape_k, chunk)
+
+
 def _launch_tma(q, k, v, out, idx, bounds, state, q_hw, latent_k, chunk, cfg, grid, precision, kv_blocks) -> None:
     """The TMA kernels' passes (the Gluon kernel where ``cfg.gluon`` applies, else the Triton one; the same
-    arguments): K and V copied to block-major order once (one read and one write of each, ~0.7 ms each at the 720p
-    refine shape on an H200; or ``kv_blocks``, copies made by the caller), then one [BLOCK, D] box per selected key
-    block."""
+    arguments). K/V boxes come from the raster layout through 5-D descriptors (``raster_kv``), or from block-major
+    copies of K and V made once (one read and one write of each, ~0.7 ms each at the 720p refine shape on an H200;
+    or ``kv_blocks``, copies made by the caller), one [BLOCK, D] box per selected key block."""
     bsz, heads, sq, d = q.shape
     ct, ch, cw = (int(c) for c in chunk)
     block = ct * ch * cw
     (hq, wq), sk = q_hw, k.shape[2]
-    if kv_blocks is None:
-        kv_blocks = tuple(blocks_and_means(x, latent_k, chunk, pool=False)[0] for x in (k, v))
-    for blocked in kv_blocks:
-        if blocked.shape != (bsz * heads * sk, d) or not blocked.is_contiguous() or blocked.dtype != k.dtype:
-            raise ValueError(f"kv_blocks must be contiguous [{bsz * heads * sk}, {d}] {k.dtype}; got "
-                             f"{list(blocked.shape)} {blocked.dtype}")  # fmt: skip
-    if cfg.gluon and q.is_cuda and _gluon_runs_on(q.device) and _gluon_module().supports(q, chunk):
-        descs = _gluon_module().kv_descriptors(kv_blocks, d)
+    gluon = _runs_gluon(q, chunk, cfg)
+    raster = raster_kv(q, k, v, latent_k, chunk, cfg) if kv_blocks is None else None
+    if raster is None:
+        if kv_blocks is None:
+            kv_blocks = tuple(blocks_and_means(x, latent_k, chunk, pool=False)[0] for x in (k, v))
+        for blocked in kv_blocks:
+            if blocked.shape != (bsz * heads * sk, d) or not blocked.is_contiguous() or blocked.dtype != k.dtype:
+                raise ValueError(f"kv_blocks must be contiguous [{bsz * heads * sk}, {d}] {k.dtype}; got "
+                                 f"{list(blocked.shape)} {blocked.dtype}")  # fmt: skip
+    if gluon:
         kernel, meta = _gluon_module().kernel_and_meta(cfg.gluon, cfg.num_stages)
         meta["num_warps"] = 4
+        if raster is None:
+            descs, view = _gluon_module().kv_descriptors(kv_blocks, d), (0, 0)
+        else:
+            descs, view = raster
+            meta.update(RASTER=True, NB_H=int(latent_k[1]) // ch, NB_W=int(latent_k[2]) // cw)
         if cfg.rotate:  # the common phase: key blocks done so far in all, one turn per resident programs' work
             resident = cfg.rotate * torch.cuda.get_device_properties(q.device).multi_processor_count
             counts = bounds[-1]
@@ -712,7 +738,7 @@ def _launch_tma(q, k, v, out, idx, bounds, state, q_hw, latent_k, chunk, cfg, gr
             meta.update(ROTATE=True, K_MAX=triton.next_power_of_2(idx.shape[-1]))
         else:
             turn = progress = idx  # not read
-        extra = (progress, turn)
+        extra = (progress, turn, *view)
     else:
         descs = [TensorDescriptor(blocked, [bsz * heads * sk, d], [d, 1], [block, d]) for blocked in kv_blocks]
         kernel = _bsa_fwd_tma_kernel

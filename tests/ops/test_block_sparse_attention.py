@@ -5,6 +5,7 @@ Goldens (tests/fixtures/golden/bsa.*): bf16 q, k, v, the original Triton kernel'
 block indices (descending score order) for three cases, produced on an H200.
 """
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -203,6 +204,12 @@ def test_op_on_cuda_matches_golden(golden, name):
     # rotated walks (the sm_90 default is R = 2): other turn lengths, and version 1 (one block per step)
     rotated = [(3, 1), (3, 4), (1, 2)]
     configs += [triton_bsa.BsaKernelConfig(tma=True, kv_passes=1, gluon=g, rotate=r) for g, r in rotated] * hopper
+    # K/V boxes from the raster layout (5-D TMA; the sm_90 default) in each version, passes and rotated walks
+    raster = [(1, 2, 1, 0), (2, 3, 3, 0), (3, 3, 1, 0), (3, 3, 3, 0), (3, 3, 1, 1), (1, 3, 1, 2)]
+    configs += [
+        triton_bsa.BsaKernelConfig(num_stages=s, tma=True, kv_passes=p, gluon=g, rotate=r, raster=True)
+        for g, s, p, r in raster
+    ] * hopper
     for cfg in configs:
         out = triton_bsa.bsa_forward(qc, kc, vc, idx, counts, lq, lk, chunk, cfg)
         assert_within_precision(out.cpu(), ref32, ref16, f"{name}: {cfg}")
@@ -215,6 +222,37 @@ def test_op_on_cuda_matches_golden(golden, name):
             torch.use_deterministic_algorithms(False)
         assert all(torch.equal(runs[0], r) for r in runs[1:])
         assert_within_precision(runs[0].cpu(), ref32, ref16, f"{name}: op, deterministic")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9, reason="needs an sm_90 GPU (Gluon)"
+)
+def test_gluon_raster_reads_give_the_bits_of_block_major_copies():
+    """The Gluon kernel reading K/V boxes from the raster layout (5-D TMA) computes exactly what it computes from
+    block-major copies (same boxes, same order: the same bits), for every layout ``raster_view`` accepts (batch folded
+    into heads or into frames, strided heads) and for those it refuses (the op copies instead), with a key grid longer
+    than the query grid (a conditioned call)."""
+    from lc_runtime.ops import triton_bsa
+
+    if triton_bsa._gluon_module() is None:
+        pytest.skip("Gluon unavailable")
+    lq, chunk = (4, 8, 12), (4, 4, 4)
+    lk = (lq[0] + 4, *lq[1:])  # 4 more frames of keys
+    base = triton_bsa.BsaKernelConfig(num_stages=3, kv_passes=1, tma=True, gluon=3)
+    for name, make, ok in _raster_layouts():
+        q = make(2, 3, math.prod(lq), 64, "cuda")
+        k, v = (make(2, 3, math.prod(lk), 64, "cuda") for _ in range(2))
+        assert (triton_bsa.raster_kv(q, k, v, lk, chunk, dataclasses.replace(base, raster=True)) is not None) == ok
+        idx, counts = select_blocks_raster(q, k, lq, lk, 0.5, None, chunk)
+        copies = triton_bsa.bsa_forward(q, k, v, idx, counts, lq, lk, chunk, base)
+        out = triton_bsa.bsa_forward(q, k, v, idx, counts, lq, lk, chunk, dataclasses.replace(base, raster=True))
+        assert torch.equal(out, copies), name
+        blocks = [reorder_to_blocks(x.cpu(), lat, chunk) for x, lat in ((q, lq), (k, lk), (v, lk))]
+        refs = [sparse_attention_ref(*blocks, idx.cpu(), counts.cpu(), upcast=up) for up in (True, False)]
+        ref32, ref16 = (reorder_from_blocks(r, lq, chunk) for r in refs)
+        assert_within_precision(copies.cpu(), ref32, ref16, f"{name}: kernel")
+        assert_within_precision(block_sparse_attention(q, k, v, lq, lk, 0.5, None, chunk).cpu(), ref32, ref16, name)
 
 
 @pytest.mark.gpu
@@ -472,6 +510,7 @@ def test_triton_kernel_in_interpreter():
         (dict(tma=True, gluon=4, num_stages=3), "the Gluon kernel"),
         (dict(tma=True, rotate=2, kv_passes=1), "rotated walks"),  # rotated walks: Gluon kernel, one pass
         (dict(tma=True, gluon=3, rotate=2, kv_passes=3), "rotated walks"),
+        (dict(tma=True, raster=True), "raster K/V reads"),  # 5-D raster boxes: the Gluon kernel's
     ],
 )
 def test_tma_and_gluon_configs_refuse_what_their_kernel_is_not(cfg, needle):
@@ -520,7 +559,8 @@ def _cubin_resources(kernel) -> dict:
 @pytest.mark.parametrize("version", [1, 2, 3], ids=["gluon1", "gluon2", "gluon3"])
 def test_gluon_kernel_compiles_for_sm90_two_programs_per_sm(version):
     """The op's sm_90 kernel (Gluon, which the Triton interpreter cannot run) compiled for sm_90 without a GPU, in the
-    variants the op launches (first / middle / last key-range pass, one rotated pass): no spills, and registers and
+    variants the op launches (first / middle / last key-range pass, one rotated pass; K/V boxes from block-major
+    copies (2-D TMA) or the raster layout (5-D)): no spills, and registers and
     shared memory for two programs per SM (the occupancy its design and the H200 timings assume). The GPU tests check
     its results."""
     try:
@@ -528,12 +568,78 @@ def test_gluon_kernel_compiles_for_sm90_two_programs_per_sm(version):
     except (ImportError, AttributeError) as e:  # a Triton without this Gluon API: the op falls back, nothing to build
         pytest.skip(f"Gluon unavailable: {e}")
     sm_shared, reserved = 228 * 1024, 1024  # per SM on sm_90; the driver reserves 1 KB per program
-    for first, last, rotate in ((True, True, False), (False, False, False), (False, True, False), (True, True, True)):
-        kernel = gluon_bsa.compile_for_sm90(version, stages=3, first=first, last=last, rotate=rotate)
+    variants = [(True, True, False, False), (False, False, False, False), (False, True, False, False)]
+    variants += [(True, True, True, False), (True, True, True, True), (False, False, False, True)]  # rotated, raster
+    for first, last, rotate, raster in variants:
+        kernel = gluon_bsa.compile_for_sm90(version, stages=3, first=first, last=last, rotate=rotate, raster=raster)
+        ptx = kernel.asm["ptx"]
+        assert ("cp.async.bulk.tensor.5d" in ptx) == raster and ("cp.async.bulk.tensor.2d" in ptx) != raster
         res = _cubin_resources(kernel)
         assert res["LOCAL"] == 0 and res["STACK"] == 0, res
         assert 2 * 128 * res["REG"] <= 65536, res
         assert 2 * (kernel.metadata.shared + reserved) <= sm_shared, kernel.metadata.shared
+
+
+def _raster_layouts():
+    """(name, make(b, h, s, d, device) -> a random bf16 [b, h, s, d] view, whether the Gluon kernel reads it in place):
+    the layouts it reads through a 5-D view (batch folded into heads or into frames, strided heads), and two it
+    cannot (the op copies those)."""
+
+    def bf16(*shape, device):
+        return torch.randn(*shape, dtype=torch.bfloat16, device=device)
+
+    return [
+        ("[B, H, S, D]", lambda b, h, s, d, dev: bf16(b, h, s, d, device=dev), True),
+        (
+            "[B, S, H, D] seen as [B, H, S, D]",
+            lambda b, h, s, d, dev: bf16(b, s, h, d, device=dev).transpose(1, 2),
+            True,
+        ),
+        (
+            "every other head of a [B, S, 2H, D] buffer",
+            lambda b, h, s, d, dev: bf16(b, s, 2 * h, d, device=dev)[:, :, ::2].transpose(1, 2),
+            True,
+        ),
+        (
+            "heads 0..H-1 of [B, H + 1, S, D] (no fold)",
+            lambda b, h, s, d, dev: bf16(b, h + 1, s, d, device=dev)[:, :h],
+            False,
+        ),
+        (
+            "rows D + 1 apart (not 16-byte aligned)",
+            lambda b, h, s, d, dev: bf16(b, h, s, d + 1, device=dev)[..., :d],
+            False,
+        ),
+    ]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed (not a dependency)")
+def test_raster_view_boxes_are_the_3d_blocks():
+    """The Gluon kernel's 5-D TMA view of raster K/V (``gluon_bsa.raster_view``), built here with as_strided: the
+    [1, CT, CH, CW, D] box at the coordinates the kernel computes for (batch b, head h, key block n) is block n of
+    ``reorder_to_blocks`` for every layout it accepts; layouts it cannot address give None (the op then copies)."""
+    try:
+        from lc_runtime.ops import gluon_bsa
+    except (ImportError, AttributeError) as e:
+        pytest.skip(f"Gluon unavailable: {e}")
+    lat, chunk = (4, 8, 12), (4, 4, 4)
+    nb = [n // c for n, c in zip(lat, chunk)]
+    for name, make, ok in _raster_layouts():
+        x = make(2, 3, math.prod(lat), 64, "cpu")
+        view = gluon_bsa.raster_view(x, lat, chunk)
+        assert (view is not None) == ok, name
+        if view is None:
+            continue
+        shape, strides, xb, tb = view
+        five = torch.as_strided(x, shape, strides, x.storage_offset())
+        blocks = reorder_to_blocks(x, lat, chunk)
+        for b in range(x.shape[0]):
+            for h in range(x.shape[1]):
+                for n in range(math.prod(nb)):
+                    bt, bh, bw = n // (nb[1] * nb[2]), n // nb[2] % nb[1], n % nb[2]
+                    t0 = b * tb + bt * chunk[0]
+                    box = five[b * xb + h, t0 : t0 + 4, bh * 4 : bh * 4 + 4, bw * 4 : bw * 4 + 4]
+                    assert torch.equal(box.reshape(64, -1), blocks[b, h, n * 64 : (n + 1) * 64]), (name, b, h, n)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed (not a dependency)")
