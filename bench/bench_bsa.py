@@ -258,7 +258,7 @@ class Timer:
                 t0 = time.perf_counter()
                 fn()
                 times.append(time.perf_counter() - t0)
-        return dict(median_s=statistics.median(times), min_s=min(times), max_s=max(times), reps=reps)
+        return dict(median_s=statistics.median(times), min_s=min(times), max_s=max(times), reps=reps, times=times)
 
 
 def rope_inputs(heads, lat, d, device, gen):

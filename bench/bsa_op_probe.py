@@ -136,6 +136,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(REPO / "bench/results"))
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--series", type=int, default=0, help="then time the op N calls in a row (each call's time)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("needs a CUDA GPU")
@@ -163,6 +164,10 @@ def main() -> None:
             if name.startswith("op,") or name.startswith("op on"):
                 checks[f"{name}: max |difference| from the op"] = (fn().float() - first.float()).abs().max().item()
         rows = {name: dict(median_s=sorted(ts)[len(ts) // 2], min_s=min(ts), rounds=ts) for name, ts in times.items()}
+        if args.series:  # call to call: is the op's time one number, or does it jump between calls?
+            for name in ("op (default)", "op on the DiT's buffers (v in the QKV output)"):
+                series = timer(calls[name], args.series)["times"]
+                checks[f"{name}: {args.series} calls in a row, s"] = [round(t, 5) for t in series]
         payload["inputs"][kind] = dict(times=rows, checks=checks)
         lines += [f"## {kind}", "", "| what | median s | min s |", "|---|---|---|"]
         lines += [f"| {name} | {r['median_s']:.4f} | {r['min_s']:.4f} |" for name, r in rows.items()]

@@ -212,15 +212,15 @@ def _bsa_fwd_gluon_kernel(
     offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, load_layout))
     q_rows = ((qt * CT + rb // (CH * CW)) * q_grid_h + qh * CH + (rb // CW) % CH) * q_grid_w + qw * CW + rb % CW
     q_rows = q_rows.to(gl.int64)
-    # Q, O and the pass state are read or written once: first out of the L2, which K/V boxes are re-read from
-    q = gl.load(
-        Q + b * stride_qb + h * stride_qh + q_rows[:, None] * stride_qs + offs_d[None, :], eviction_policy="evict_first"
-    )
-    q_smem = gl.allocate_shared_memory(dtype, [BLOCK, HEAD_DIM], tile_layout, q)
-    if QREG:  # Q as the register operand of QKᵀ (32 more registers, 16 KB less shared-memory traffic per block)
-        q_op = q_smem.load(gl.DotOperandLayout(operand_index=0, parent=s_layout, k_width=2))
-    else:
-        q_op = q_smem
+    # Q, O and the pass state are read or written once: first out of the L2, which K/V boxes are re-read from.
+    # QREG: Q straight into the registers of QKᵀ's A operand (no shared-memory staging, whose store would wait for
+    # the load before the first boxes go out); else staged in shared memory, wgmma's operand there.
+    q_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=s_layout, k_width=2) if QREG else load_layout
+    rq = gl.arange(0, BLOCK, layout=gl.SliceLayout(1, q_layout))
+    dq = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, q_layout))
+    rows_q = ((qt * CT + rq // (CH * CW)) * q_grid_h + qh * CH + (rq // CW) % CH) * q_grid_w + qw * CW + rq % CW
+    q_ptrs = Q + b * stride_qb + h * stride_qh + rows_q.to(gl.int64)[:, None] * stride_qs + dq[None, :]
+    q = gl.load(q_ptrs, eviction_policy="evict_first")
 
     k_ring = gl.allocate_shared_memory(dtype, [KS, BLOCK, HEAD_DIM], tile_layout)
     v_ring = gl.allocate_shared_memory(dtype, [VS, BLOCK, HEAD_DIM], tile_layout)
@@ -232,20 +232,11 @@ def _bsa_fwd_gluon_kernel(
         mbarrier.init(v_bars.index(i), count=1)
     fence_async_shared()
 
-    state_rows = pid_bh.to(gl.int64) * seq_q + gl.convert_layout(q_rows, s_rows)
-    acc_ptrs = ACC + gl.convert_layout(state_rows, o_rows)[:, None] * HEAD_DIM
-    acc_ptrs = acc_ptrs + gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))[None, :]
     sel = b * stride_cb + h * stride_ch + pid_q
     if FIRST:
         start = 0
-        m_i = gl.full([BLOCK], float("-inf"), gl.float32, s_rows)
-        l_i = gl.zeros([BLOCK], gl.float32, s_rows)
-        acc = gl.zeros([BLOCK, HEAD_DIM], gl.float32, o_layout)
     else:
         start = gl.load(START + sel)
-        m_i = gl.load(M_STATE + state_rows, eviction_policy="evict_first")
-        l_i = gl.load(L_STATE + state_rows, eviction_policy="evict_first")
-        acc = gl.load(acc_ptrs, eviction_policy="evict_first")
     n = gl.load(END + sel) - start
     idx_row = IDX + b * stride_ib + h * stride_ih + pid_q.to(gl.int64) * stride_iq + start
     if RASTER:  # the head's K/V in the 5-D raster view: x = b * kv_xb + h, frames from t = b * kv_tb
@@ -262,15 +253,40 @@ def _bsa_fwd_gluon_kernel(
         first = gl.sum(((listed < phase) & (lst < n)).to(gl.int32), axis=0)
     else:
         first = 0
-    s_zero = gl.zeros([BLOCK, BLOCK], gl.float32, s_layout)
 
-    if PAIRS:  # version 3: two key blocks per softmax update
+    # The first boxes go out before Q is staged: Q's load, the selection's and the boxes' latencies overlap.
+    if PAIRS:
         for i in gl.static_range(VS):  # the V ring is the deeper one
             blk = _box(idx_row, i, n, first, ROTATE)
             if i < KS:
                 _issue_kv(desc_k, k_ring, k_bars, i, blk, kv_x, kv_t, i < n, RASTER, NB_H, NB_W)
             _issue_kv(desc_v, v_ring, v_bars, i, blk, kv_x, kv_t, i < n, RASTER, NB_H, NB_W)
+    else:
+        for i in gl.static_range(KS):
+            blk = _box(idx_row, i, n, first, ROTATE)
+            _issue_kv(desc_k, k_ring, k_bars, i, blk, kv_x, kv_t, i < n, RASTER, NB_H, NB_W)
+            _issue_kv(desc_v, v_ring, v_bars, i, blk, kv_x, kv_t, i < n, RASTER, NB_H, NB_W)
 
+    if QREG:  # Q as the register operand of QKᵀ (32 more registers, 16 KB less shared-memory traffic per block)
+        q_op = q
+    else:
+        q_op = gl.allocate_shared_memory(dtype, [BLOCK, HEAD_DIM], tile_layout, q)
+        fence_async_shared()  # Q's shared-memory copy, written by the threads, is read by wgmma (the async proxy)
+
+    state_rows = pid_bh.to(gl.int64) * seq_q + gl.convert_layout(q_rows, s_rows)
+    acc_ptrs = ACC + gl.convert_layout(state_rows, o_rows)[:, None] * HEAD_DIM
+    acc_ptrs = acc_ptrs + gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))[None, :]
+    if FIRST:
+        m_i = gl.full([BLOCK], float("-inf"), gl.float32, s_rows)
+        l_i = gl.zeros([BLOCK], gl.float32, s_rows)
+        acc = gl.zeros([BLOCK, HEAD_DIM], gl.float32, o_layout)
+    else:
+        m_i = gl.load(M_STATE + state_rows, eviction_policy="evict_first")
+        l_i = gl.load(L_STATE + state_rows, eviction_policy="evict_first")
+        acc = gl.load(acc_ptrs, eviction_policy="evict_first")
+    s_zero = gl.zeros([BLOCK, BLOCK], gl.float32, s_layout)
+
+    if PAIRS:  # version 3: two key blocks per softmax update
         npairs = n // 2
         if npairs > 0:
             # pair 0: its scores, softmax, and the rescale of a carried state (alpha = 0 on a fresh one)
@@ -338,11 +354,7 @@ def _bsa_fwd_gluon_kernel(
     else:  # versions 1 and 2: one block per update; the V refill reuses the previous K refill's row
         gl.static_assert(KS == VS, "one block per step: K and V rings of one depth")
         if n > 0:  # a row can select no block in a pass's key range: its state passes through
-            # prologue: the first KS blocks' K and V in flight
-            for i in gl.static_range(KS):
-                blk = _box(idx_row, i, n, first, ROTATE)
-                _issue_kv(desc_k, k_ring, k_bars, i, blk, kv_x, kv_t, i < n, RASTER, NB_H, NB_W)
-                _issue_kv(desc_v, v_ring, v_bars, i, blk, kv_x, kv_t, i < n, RASTER, NB_H, NB_W)
+            # (the first KS blocks' K and V are in flight: the prologue above)
             # Box rows of the next refills, loaded an iteration before they are issued (a scalar load waited for at
             # the issue would stall the softmax): the K refill of iteration j is block j + KS, the V refill block
             # j - 1 + KS, i.e. the previous iteration's K refill.
