@@ -19,9 +19,10 @@ GPU time, most of it Triton compiling the swept configs (--quick: 3 configs).
    2640 key blocks). Every timed config first passes a spot check of sampled query blocks against a gathered fp32
    reference. CUDA-event timings (warm-up, L2 flushed before each rep, median): selection (pool + scores + top-k),
    the ascending sort, the op's selection (pool + scores + the ascending Triton top-k) and its parts (the top-k's
-   radix and interpolation searches per warp count; whether their indices are the same), the op's sm_90
-   prep (k's block-major copy + block means in one Triton pass, v's copy, q's means; how many means and selection
-   rows differ from torch's pooling), the kernel per config (auto key-range passes), then for the best config every
+   radix and interpolation searches per warp count; whether their indices are the same), the sm_90 prep
+   (k's block-major copy + block means in one Triton pass, v's copy, q's means; the op makes the copies only where
+   the Gluon kernel cannot read K/V boxes from the raster layout; how many means and selection rows differ from
+   torch's pooling), the kernel per config (auto key-range passes), then for the best config every
    pass count and the original's schedule (one pass, score order), the whole op, dense SDPA (flash, cuDNN) and FA3
    (`fa3_fwd_interface` or `flash_attn_interface`) when one imports. Inputs: iid normal (selections scattered over
    the whole key range: the worst case for L2 reuse) and "rope" (a per-head content vector plus noise, rotated by a

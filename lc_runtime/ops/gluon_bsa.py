@@ -24,9 +24,12 @@ one running max over both, P_a and P_b against it, one row sum and one rescale o
 do not scale with the block (row-max and row-sum shuffles, alpha, the 64-register rescale of O, the waits and
 barriers) are paid once per 128 keys instead of per 64: 310 instructions per block in the loop instead of 356. The
 online softmax updates per pair, so O differs from versions 1-2 by rounding only (P_a is rounded against the pair's
-max instead of block a's own). Q lives in registers; its staging buffer shares shared memory with the rings, which
-hold 3 K boxes and 4 V boxes (V of a pair is read one step after its K): 112 KB, 226-232 registers, two programs per
-SM. One kernel holds all three versions (constexprs ``QREG``, ``PAIRS``; ``KS`` / ``VS`` ring depths). Its
+max instead of block a's own). Q is loaded straight into the registers of QKᵀ's A operand after the first K/V boxes
+are issued (its load, the selection's and the boxes' latencies overlap; session 13, no measurable change); the rings
+hold 3 K boxes and 4 V boxes (V of a pair is read one step after its K): 112 KB, 218-227 registers, two programs per
+SM. K/V boxes come from block-major copies (2-D descriptors) or, with ``RASTER``, straight from the raster layout as
+[1, CT, CH, CW, D] boxes of a 5-D view (``raster_view``; the same bytes land in shared memory). One kernel holds all
+three versions (constexprs ``QREG``, ``PAIRS``; ``KS`` / ``VS`` ring depths). Its
 one-touch traffic (Q, O, the pass state) is marked evict-first in the L2, so that it does not push out K/V
 boxes other programs re-read (uniformly random selections, 3 passes, the same H200: 0.0604-0.0616 s against
 0.0620-0.0622 s). Key-range passes carry (m, l, O) in fp32 between launches as the Triton kernels do (2.8 GB of

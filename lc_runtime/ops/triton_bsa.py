@@ -94,6 +94,16 @@ rounding, depends on timing, so the bits can differ between runs (by the kernel'
 difference against the Triton TMA kernel is 4.88e-4, as for the ascending walk); under
 ``torch.use_deterministic_algorithms(True)`` the op runs ``GLUON_DETERMINISTIC_CONFIG`` (passes) instead.
 
+Raster reads (``raster``; the sm_90 default since session 13): the Gluon kernel reads each selected block's K and V
+box in place, as a [1, CT, CH, CW, D] box of a 5-D TMA view (x, t, h, w, d) of the raster layout
+(``gluon_bsa.raster_view``: batch folded into the head axis for [B, H, S, D], into the frame axis for the DiT's
+[B, S, H, D] views), instead of a [64, D] box of block-major copies. The box lands in shared memory in the copies'
+row order with the same swizzle, so the arithmetic and its bits are the same (the GPU test compares them bitwise).
+It saves k's and v's copies (one read and one write of each; k is still read once for its means) and their
+2 x 1.4 GB of memory: on three H200s the op took 0.0595-0.0607 s against 0.0608-0.0625 s with copies, interleaved
+in the same runs (bench/results/bsa_op_probe_nvidia-h200_20261122-s13a..c). Layouts TMA cannot address (strides not
+multiples of 16 bytes, a batch stride neither fold fits) fall back to the copies.
+
 Grouped query blocks (``group_h`` x ``group_w`` > 1; why and what): fewer bytes per FLOP, i.e. more query rows per
 loaded K/V tile. A program therefore takes G = group_h * group_w
 neighbouring query blocks (pairs adjacent in w, then h: neighbours in the 3-D grid select the most common key blocks)
@@ -191,6 +201,8 @@ TMA_CONFIG = BsaKernelConfig(num_stages=4, kv_passes=1, tma=True)
 # (bench/results/bsa_kernel_probe_nvidia-h200_20261122-rotate.json). Their walk order depends on timing, so their
 # output bits can differ from run to run (by fp32 rounding); ``GLUON_DETERMINISTIC_CONFIG`` (3 passes on an H200) is
 # what the op runs under ``torch.use_deterministic_algorithms(True)``.
+# Session 13: K/V boxes read in place from the raster layout (``raster``, 5-D TMA descriptors) instead of block-major
+# copies: op 0.0595-0.0607 s against 0.0608-0.0625 s with copies, same runs (bsa_op_probe_*-s13a..c).
 GLUON_CONFIG = BsaKernelConfig(num_stages=3, kv_passes=1, tma=True, gluon=3, rotate=2, raster=True)
 GLUON_DETERMINISTIC_CONFIG = BsaKernelConfig(num_stages=3, kv_passes=None, tma=True, gluon=3, raster=True)
 # Grouped variant: pairs of w-neighbouring query blocks, 128-row tiles over the union of their selections (two
