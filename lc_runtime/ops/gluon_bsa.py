@@ -368,9 +368,8 @@ def _bsa_fwd_gluon_kernel(
             mbarrier.wait(k_bars.index(0), 0)
             s_tok = warpgroup_mma(q_op, k_ring.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
             s = warpgroup_mma_wait(0, deps=(s_tok,))
-            _issue_kv(
-                desc_k, k_ring, k_bars, 0, k_blk, kv_x, kv_t, n > KS, RASTER, NB_H, NB_W
-            )  # K slot 0 is free: block KS's K
+            # K slot 0 is free: block KS's K
+            _issue_kv(desc_k, k_ring, k_bars, 0, k_blk, kv_x, kv_t, n > KS, RASTER, NB_H, NB_W)
             v_blk = k_blk
             k_blk = k_blk_next
             p, m_i, l_i, alpha = _softmax_one(s, m_i, l_i, qk_scale)
@@ -387,14 +386,12 @@ def _bsa_fwd_gluon_kernel(
                 p_op = gl.convert_layout(p.to(dtype), p_layout)
                 o_tok = warpgroup_mma(p_op, v_ring.index(prev), acc, is_async=True)
                 s = warpgroup_mma_wait(1, deps=(s_tok,))
-                _issue_kv(
-                    desc_k, k_ring, k_bars, slot, k_blk, kv_x, kv_t, j + KS < n, RASTER, NB_H, NB_W
-                )  # K slot free: block j + KS's K
+                # K slot free: block j + KS's K
+                _issue_kv(desc_k, k_ring, k_bars, slot, k_blk, kv_x, kv_t, j + KS < n, RASTER, NB_H, NB_W)
                 p, m_i, l_i, alpha = _softmax_one(s, m_i, l_i, qk_scale)
                 acc = warpgroup_mma_wait(0, deps=(o_tok,))
-                _issue_kv(
-                    desc_v, v_ring, v_bars, prev, v_blk, kv_x, kv_t, j - 1 + KS < n, RASTER, NB_H, NB_W
-                )  # V slot free: j - 1 + KS's V
+                # V slot free: block j - 1 + KS's V
+                _issue_kv(desc_v, v_ring, v_bars, prev, v_blk, kv_x, kv_t, j - 1 + KS < n, RASTER, NB_H, NB_W)
                 acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
                 if ROTATE:
                     gl.atomic_add(PROGRESS, 1, sem="relaxed")
@@ -441,12 +438,12 @@ def kv_descriptors(kv_blocks, d: int):
     return [TensorDescriptor(x, list(x.shape), [d, 1], [BLOCK_ROWS, d], layout) for x in kv_blocks]
 
 
-def raster_view(x: torch.Tensor, latent_shape, chunk):
+def raster_view(x: torch.Tensor, latent_shape):
     """The 5-D view (x, t, h, w, d) of raster-ordered x [B, H, S, D] in which a 3-D block is one [1, CT, CH, CW, D]
     TMA box, as (shape, strides, kv_xb, kv_tb): batch b, head h reads x = b * kv_xb + h from frame t = b * kv_tb on.
     The batch folds into the head axis ([B, H, S, D] contiguous) or into the frame axis ([B, S, H, D] seen as
     [B, H, S, D], the DiT's layout). None when the strides allow neither, or TMA cannot address them (16-byte
-    alignment): the caller then makes block-major copies."""
+    alignment, positive strides): the caller then makes block-major copies."""
     b, heads, seq, d = x.shape
     sb, sh, ss, sd = x.stride()
     t, hh, w = (int(n) for n in latent_shape)
@@ -460,7 +457,7 @@ def raster_view(x: torch.Tensor, latent_shape, chunk):
         view = [heads, b * t, hh, w, d], strides, 0, t
     else:
         return None
-    if x.data_ptr() % 16 or any(st * x.element_size() % 16 for st in strides[:-1]):
+    if x.data_ptr() % 16 or any(st <= 0 or st * x.element_size() % 16 for st in strides[:-1]):
         return None
     return view
 
@@ -468,7 +465,7 @@ def raster_view(x: torch.Tensor, latent_shape, chunk):
 def raster_descriptors(k: torch.Tensor, v: torch.Tensor, latent_shape_k, chunk):
     """Gluon TMA descriptors over raster-ordered K and V (:func:`raster_view`, one [1, CT, CH, CW, D] box per key
     block) and the kernel's (kv_xb, kv_tb); None when either tensor has no such view or the two differ in it."""
-    views = [raster_view(x, latent_shape_k, chunk) for x in (k, v)]
+    views = [raster_view(x, latent_shape_k) for x in (k, v)]
     if views[0] is None or views[1] is None or views[0][2:] != views[1][2:]:
         return None
     dtype = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}[k.dtype]
