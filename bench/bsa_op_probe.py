@@ -67,11 +67,12 @@ def op_variants(q, k, v):
         "op (default)": run,
         "op, key-range passes": with_config(triton_bsa.GLUON_DETERMINISTIC_CONFIG),
         f"op, block-major K/V copies ({cfg_label(copies)})": with_config(copies),
+        # (the default reads K/V boxes from the raster layout: its rows are the raster-read rows of each layout)
         "op on [B, S, H, D] buffers": lambda: bsa_mod.block_sparse_attention(qt, kt, vt, GRID, GRID, SPARSITY),
-        "op on [B, S, H, D] buffers, raster reads": with_config(dataclasses.replace(copies, raster=True), qt, kt, vt),
         "op on [B, S, H, D] buffers, block-major copies": with_config(copies, qt, kt, vt),
-        "op on the DiT's buffers (v in the QKV output)": with_config(triton_bsa.default_config(q), qt, kt, v_dit),
-        "op on the DiT's buffers, raster reads": with_config(dataclasses.replace(copies, raster=True), qt, kt, v_dit),
+        "op on the DiT's buffers (v in the QKV output)": lambda: bsa_mod.block_sparse_attention(
+            qt, kt, v_dit, GRID, GRID, SPARSITY
+        ),
         "op on the DiT's buffers, block-major copies": with_config(copies, qt, kt, v_dit),
     }
 
