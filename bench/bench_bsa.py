@@ -672,9 +672,9 @@ def _gluon_configs(text: str) -> list[tuple]:
             rows.append((int(version.lstrip("v") or 1), stages, passes, int(rotate or 0), not copies))
     except ValueError:
         rows = []
-    if not rows or any(v not in (1, 2, 3) or st < 2 or p < 1 or r < 0 or (r and p > 1) for v, st, p, r, _ in rows):
+    if not rows or any(v not in (1, 2, 3, 4) or st < 2 or p < 1 or r < 0 or (r and p > 1) for v, st, p, r, _ in rows):
         raise argparse.ArgumentTypeError(
-            f"expected '[v1:|v2:|v3:]stages[xpasses|rR][c],...' (stages >= 2; rotation R in one pass), got {text!r}"
+            f"expected '[v1:..v4:]stages[xpasses|rR][c],...' (stages >= 2; rotation R in one pass), got {text!r}"
         )
     return rows
 

@@ -3,14 +3,17 @@ its parts and its variants, timed side by side in one run (bench_bsa.py's Timer:
 alternate the variants so that clock drift hits them alike):
 
 - the op as it runs by default, with key-range passes instead of rotated walks (``GLUON_DETERMINISTIC_CONFIG``,
-  what deterministic mode runs), with block-major K/V copies instead of raster reads (``raster=False``), and on the
-  DiT's [B, S, H, D] layout (q, k, v transposed views);
+  what deterministic mode runs), with block-major K/V copies instead of raster reads (``raster=False``), with the
+  other Gluon version (3 against the default 4, which adds a load warp), and on the DiT's [B, S, H, D] layout (q, k, v
+  transposed views);
 - its parts: k's means, k's copy + means, v's copy, q's means, the scores as a bf16 GEMM with fp32 output (the op)
-  and as an fp32 GEMM, each top-k method, the kernel alone (raster reads; block-major copies);
+  and as an fp32 GEMM, each top-k method (``--no-sweep``: the default only), the kernel alone (raster reads;
+  block-major copies; the other Gluon version);
 - checks: the selections from the bf16-GEMM and the fp32-GEMM scores (rows that differ), the top-k methods'
   indices (equal), and how far two runs of the op apart differ (rotated walks: the bits depend on timing).
 
-Inputs: "iid" (standard normal q, k, v) and "rope" (bench_bsa.py's RoPE-structured heads). Writes
+Inputs: "iid" (standard normal q, k, v) and "rope" (bench_bsa.py's RoPE-structured heads). ``--only REGEX`` times
+only the rows whose name matches (e.g. the two Gluon versions over many rounds). Writes
 ``<out>/bsa_op_probe_<gpu>.json`` and ``.md``.
 
     python bench/bsa_op_probe.py --out bench/results
@@ -22,6 +25,7 @@ import argparse
 import dataclasses
 import importlib
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -56,7 +60,9 @@ def op_variants(q, k, v):
 
         return call
 
-    copies = dataclasses.replace(triton_bsa.default_config(q), raster=False)
+    cfg = triton_bsa.default_config(q)
+    copies = dataclasses.replace(cfg, raster=False)
+    other = dataclasses.replace(cfg, gluon=3 if cfg.gluon == 4 else 4)  # the Gluon kernel with / without a load warp
     # the DiT's layout: [B, S, H, D] buffers seen as [B, H, S, D] (strided K/V boxes: 256-byte rows 8 KB apart)
     qt, kt, vt = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in (q, k, v))
     # the DiT's own: q and k [B, S, H, D] (its fused norm + RoPE kernel's output), v a view of the QKV GEMM's output
@@ -67,6 +73,7 @@ def op_variants(q, k, v):
         "op (default)": run,
         "op, key-range passes": with_config(triton_bsa.GLUON_DETERMINISTIC_CONFIG),
         f"op, block-major K/V copies ({cfg_label(copies)})": with_config(copies),
+        f"op, gluon={other.gluon} ({cfg_label(other)})": with_config(other),
         # (the default reads K/V boxes from the raster layout: its rows are the raster-read rows of each layout)
         "op on [B, S, H, D] buffers": lambda: bsa_mod.block_sparse_attention(qt, kt, vt, GRID, GRID, SPARSITY),
         "op on [B, S, H, D] buffers, block-major copies": with_config(copies, qt, kt, vt),
@@ -74,10 +81,11 @@ def op_variants(q, k, v):
             qt, kt, v_dit, GRID, GRID, SPARSITY
         ),
         "op on the DiT's buffers, block-major copies": with_config(copies, qt, kt, v_dit),
+        f"op on the DiT's buffers, gluon={other.gluon}": with_config(other, qt, kt, v_dit),
     }
 
 
-def parts(q, k, v):
+def parts(q, k, v, sweep=True):
     """name -> a call of one step of the op, as the op runs it, plus the fp32-GEMM scores and every top-k method."""
     k_sel = bsa_mod.num_selected_blocks((q.shape[2] // 64), SPARSITY)
     k_mean = triton_bsa.blocks_and_means(k, GRID, CHUNK)[1]
@@ -89,6 +97,7 @@ def parts(q, k, v):
     out = torch.empty_like(q)
     cfg = triton_bsa.default_config(q)
     copies = dataclasses.replace(cfg, raster=False)
+    other = dataclasses.replace(cfg, gluon=3 if cfg.gluon == 4 else 4)
     calls = {
         "prep: k means": lambda: triton_bsa.blocks_and_means(k, GRID, CHUNK, store=False),
         "prep: k copy + means": lambda: triton_bsa.blocks_and_means(k, GRID, CHUNK),
@@ -102,7 +111,12 @@ def parts(q, k, v):
         f"kernel alone ({cfg_label(copies)}, copies made before)": lambda: triton_bsa.bsa_forward(
             q, k, v, idx, counts, GRID, GRID, CHUNK, copies, out=out, order="sorted", kv_blocks=kv
         ),
+        f"kernel alone ({cfg_label(other)})": lambda: triton_bsa.bsa_forward(
+            q, k, v, idx, counts, GRID, GRID, CHUNK, other, out=out, order="sorted"
+        ),
     }
+    if not sweep:
+        return _checked(calls, dict(k_sel=k_sel), q_mean, k_mean, idx, k_sel)
     for method in triton_topk.METHODS:
         for warps in (None, *TOPK_WARPS):
             name = f"top-k: {method}" + (f", {warps} warps" if warps else "")
@@ -114,7 +128,12 @@ def parts(q, k, v):
             calls[f"top-k: interp, {warps} warps, group {group}"] = lambda w=warps, g=group: triton_topk.topk_ascending(
                 scores, k_sel, torch.int32, num_warps=w, method="interp", group=g
             )
-    checks = dict(k_sel=k_sel)
+    return _checked(calls, dict(k_sel=k_sel), q_mean, k_mean, idx, k_sel)
+
+
+def _checked(calls, checks, q_mean, k_mean, idx, k_sel):
+    """The calls, and checks: rows the fp32-GEMM scores select differently, each top-k call's indices against the
+    op's, each means launch's means against the op's."""
     fp32_idx = triton_topk.topk_ascending(bsa_mod.block_scores(q_mean, k_mean, None), k_sel, torch.int32)
     checks["selection rows differing, bf16-GEMM vs fp32-GEMM scores"] = [
         int((fp32_idx != idx).any(-1).sum()),
@@ -138,6 +157,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--series", type=int, default=0, help="then time the op N calls in a row (each call's time)")
+    ap.add_argument("--no-sweep", action="store_true", help="skip the top-k sweep (warps, groups, radix)")
+    ap.add_argument("--only", default=None, help="time only the rows whose name matches this regular expression")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("needs a CUDA GPU")
@@ -153,8 +174,9 @@ def main() -> None:
             q, k, v = (torch.randn(1, HEADS, seq, D, device="cuda", generator=gen, dtype=torch.bfloat16) for _ in "qkv")
         else:
             q, k, v = rope_inputs(HEADS, GRID, D, "cuda", gen)
-        calls, checks = parts(q, k, v)
+        calls, checks = parts(q, k, v, sweep=not args.no_sweep)
         calls = {**op_variants(q, k, v), **calls}
+        calls = {name: fn for name, fn in calls.items() if args.only is None or re.search(args.only, name)}
         times = {name: [] for name in calls}
         for _ in range(args.rounds):
             for name, fn in calls.items():

@@ -1,6 +1,6 @@
 """Block-sparse attention forward in Gluon for Hopper (sm_90): the TMA kernel of triton_bsa.py with its loop
 software-pipelined by hand, as FlashAttention-3 does within a warpgroup. The op's kernel on sm_90 GPUs
-(``triton_bsa.GLUON_CONFIG``: version 3).
+(``triton_bsa.GLUON_CONFIG``: version 4, version 3 with a load warp).
 
 Why: the Triton TMA kernel runs each 64-row program as one serial chain per selected key block (wait for the box,
 S = QKᵀ, softmax, O += PV), and Triton 3.6 waits for every wgmma right after issuing it. Here the wgmmas are issued
@@ -18,7 +18,7 @@ loaded an iteration earlier. One program per (query block, batch·head), one war
 (version 2) keeps Q in registers as the A operand of QKᵀ (32 more registers, 195-200 in all; 16 KB less
 shared-memory read per block) instead of reading it from shared memory every block.
 
-Version 3 (``PAIRS``, the op's default) takes the selected blocks two at a time: S_a and S_b,
+Version 3 (``PAIRS``; the op's default in sessions 11-13) takes the selected blocks two at a time: S_a and S_b,
 one running max over both, P_a and P_b against it, one row sum and one rescale of O per pair, then PV_a and PV_b
 (overlapping the next pair's softmax as above; an odd count ends with one block on its own). The per-step costs that
 do not scale with the block (row-max and row-sum shuffles, alpha, the 64-register rescale of O, the waits and
@@ -29,7 +29,7 @@ are issued (its load, the selection's and the boxes' latencies overlap; session 
 hold 3 K boxes and 4 V boxes (V of a pair is read one step after its K): 112 KB, 218-227 registers, two programs per
 SM. K/V boxes come from block-major copies (2-D descriptors) or, with ``RASTER``, straight from the raster layout as
 [1, CT, CH, CW, D] boxes of a 5-D view (``raster_view``; the same bytes land in shared memory). One kernel holds all
-three versions (constexprs ``QREG``, ``PAIRS``; ``KS`` / ``VS`` ring depths). Its
+three versions (constexprs ``QREG``, ``PAIRS``; ``KS`` / ``VS`` ring depths) and version 4. Its
 one-touch traffic (Q, O, the pass state) is marked evict-first in the L2, so that it does not push out K/V
 boxes other programs re-read (uniformly random selections, 3 passes, the same H200: 0.0604-0.0616 s against
 0.0620-0.0622 s). Key-range passes carry (m, l, O) in fp32 between launches as the Triton kernels do (2.8 GB of
@@ -46,6 +46,23 @@ RoPE-structured, on two H200s; one pass ranged from 0.0617 s (iid) on one to 0.0
 probe's uniformly random selections 3 passes take 0.0634 s against 0.0723 s for one.
 Tried and not kept: issuing QKᵀ of block j + 1 before the softmax of block j in version 2 (two wgmmas in flight during
 the softmax, 207 registers): no faster (0.0603 s against 0.0601 s, L2-resident).
+
+Version 4 (``WS``, the op's default since session 14) is version 3 warp-specialized (``gl.warp_specialize``): the
+compute warpgroup runs version 3's loop unchanged except that it only hands ring slots back (an mbarrier arrive per slot
+once the wgmma reading it has completed), and one load warp (``_ws_producer``) issues every K and V box as soon as its
+slot is free, reading the selection itself. The loop is ``_pairs``, shared with version 3. The compute warpgroup no
+longer issues TMA loads or loads the selection (7 instead of 9 warpgroup barriers per pair), and a K refill no longer
+waits behind the softmax that ptxas schedules ahead of it. 8 warps (the load warp's warpgroup is padded to 4 warps),
+``maxnreg`` 128 at launch for two programs per SM; ``setmaxnreg`` leaves the load warpgroup 24 registers and gives the
+compute warpgroup 232 (no spills). Same arithmetic in the same order: the same bits as version 3 (GPU test). At the 720p
+refine shape (bench/bsa_op_probe.py, four runs of 15 interleaved rounds on three H200 starts,
+results/bsa_op_probe_*-s14d..g): kernel alone 0.0561-0.0580 s against 0.0574-0.0587 s (per-round ratio medians
+0.971-0.995), the op 0.0587-0.0606 s against 0.0603-0.0613 s; on another H200 start with 3 rounds (s14b) within 0.5-2%
+either way (kernel 0.0576 / 0.0575 s against 0.0573 / 0.0565 s). Triton 3.6 compiled the first form of the load warp's
+loop, which carried the previous K row into the next step's V issue, into V boxes all at the first block's coordinates
+(wrong output, and 0.0558 s: V from the L2 every time; results s14a-miscompiled); the loop re-reads the list for V
+instead. Tried and not kept: the load warp also prefetching the rows of the block 4 / 8 / 16 steps ahead into the L2
+(``cp.async.bulk.prefetch.L2``, one 256-byte row per prefetch): the op took 0.20-0.21 s (s14c-prefetch).
 
 Scope: bf16 / fp16, 64-token blocks, head_dim 64..256 (power of two); the op falls back to the Triton kernels
 otherwise. Reference: ``block_sparse_attention.sparse_attention_ref`` (the GPU tests compare the two and the goldens;
@@ -68,6 +85,9 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 BLOCK_ROWS = 64  # one warpgroup's wgmma M: query and key blocks of 64 tokens
+# Version 4's register cap at launch: 8 warps (the compute warpgroup and the load warp's warpgroup) x 128 registers,
+# two programs per SM; the load warpgroup keeps 24 of them, the compute warpgroup gets the other 232.
+WS_MAXNREG = 128
 
 
 @gluon.jit
@@ -186,6 +206,7 @@ def _bsa_fwd_gluon_kernel(
     RASTER: gl.constexpr = False,
     NB_H: gl.constexpr = 1,
     NB_W: gl.constexpr = 1,
+    WS: gl.constexpr = False,
 ):
     BLOCK: gl.constexpr = CT * CH * CW
     dtype: gl.constexpr = desc_k.dtype
@@ -233,6 +254,13 @@ def _bsa_fwd_gluon_kernel(
         mbarrier.init(k_bars.index(i), count=1)
     for i in gl.static_range(VS):
         mbarrier.init(v_bars.index(i), count=1)
+    if WS:  # version 4: the consumer's releases of ring slots to the load warp
+        k_empty = gl.allocate_shared_memory(gl.int64, [KS, 1], mbarrier.MBarrierLayout())
+        v_empty = gl.allocate_shared_memory(gl.int64, [VS, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(KS):
+            mbarrier.init(k_empty.index(i), count=1)
+        for i in gl.static_range(VS):
+            mbarrier.init(v_empty.index(i), count=1)
     fence_async_shared()
 
     sel = b * stride_cb + h * stride_ch + pid_q
@@ -258,7 +286,9 @@ def _bsa_fwd_gluon_kernel(
         first = 0
 
     # The first boxes go out before Q is staged: Q's load, the selection's and the boxes' latencies overlap.
-    if PAIRS:
+    if WS:
+        pass  # the load warp issues every box
+    elif PAIRS:
         for i in gl.static_range(VS):  # the V ring is the deeper one
             blk = _box(idx_row, i, n, first, ROTATE)
             if i < KS:
@@ -289,71 +319,23 @@ def _bsa_fwd_gluon_kernel(
         acc = gl.load(acc_ptrs, eviction_policy="evict_first")
     s_zero = gl.zeros([BLOCK, BLOCK], gl.float32, s_layout)
 
-    if PAIRS:  # version 3: two key blocks per softmax update
-        npairs = n // 2
-        if npairs > 0:
-            # pair 0: its scores, softmax, and the rescale of a carried state (alpha = 0 on a fresh one)
-            kb_a = _box(idx_row, KS, n, first, ROTATE)
-            kb_b = _box(idx_row, KS + 1, n, first, ROTATE)
-            mbarrier.wait(k_bars.index(0), 0)
-            sa_tok = warpgroup_mma(q_op, k_ring.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
-            mbarrier.wait(k_bars.index(1 % KS), (1 // KS) & 1)
-            sb_tok = warpgroup_mma(q_op, k_ring.index(1 % KS).permute((1, 0)), s_zero, use_acc=False, is_async=True)
-            s_a, s_b = warpgroup_mma_wait(0, deps=(sa_tok, sb_tok))
-            _issue_kv(desc_k, k_ring, k_bars, 0, kb_a, kv_x, kv_t, n > KS, RASTER, NB_H, NB_W)
-            _issue_kv(desc_k, k_ring, k_bars, 1 % KS, kb_b, kv_x, kv_t, n > KS + 1, RASTER, NB_H, NB_W)
-            p_a, p_b, m_i, l_i, alpha = _softmax_pair(s_a, s_b, m_i, l_i, qk_scale)
-            pa_op = gl.convert_layout(p_a.to(dtype), p_layout)
-            pb_op = gl.convert_layout(p_b.to(dtype), p_layout)
-            acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
-            for pj in range(1, npairs):
-                a = 2 * pj
-                # the rows of this iteration's refills, loaded before the waits that hide their latency
-                kb_a = _box(idx_row, a + KS, n, first, ROTATE)
-                kb_b = _box(idx_row, a + 1 + KS, n, first, ROTATE)
-                vb_a = _box(idx_row, a - 2 + VS, n, first, ROTATE)
-                vb_b = _box(idx_row, a - 1 + VS, n, first, ROTATE)
-                mbarrier.wait(k_bars.index(a % KS), (a // KS) & 1)
-                sa_tok = warpgroup_mma(q_op, k_ring.index(a % KS).permute((1, 0)), s_zero, use_acc=False, is_async=True)
-                mbarrier.wait(k_bars.index((a + 1) % KS), ((a + 1) // KS) & 1)
-                sb_tok = warpgroup_mma(
-                    q_op, k_ring.index((a + 1) % KS).permute((1, 0)), s_zero, use_acc=False, is_async=True
-                )
-                mbarrier.wait(v_bars.index((a - 2) % VS), ((a - 2) // VS) & 1)
-                o_tok = warpgroup_mma(pa_op, v_ring.index((a - 2) % VS), acc, is_async=True)
-                mbarrier.wait(v_bars.index((a - 1) % VS), ((a - 1) // VS) & 1)
-                o_tok = warpgroup_mma(pb_op, v_ring.index((a - 1) % VS), o_tok, is_async=True)
-                s_a, s_b = warpgroup_mma_wait(2, deps=(sa_tok, sb_tok))
-                _issue_kv(desc_k, k_ring, k_bars, a % KS, kb_a, kv_x, kv_t, a + KS < n, RASTER, NB_H, NB_W)
-                _issue_kv(desc_k, k_ring, k_bars, (a + 1) % KS, kb_b, kv_x, kv_t, a + 1 + KS < n, RASTER, NB_H, NB_W)
-                p_a, p_b, m_i, l_i, alpha = _softmax_pair(s_a, s_b, m_i, l_i, qk_scale)
-                pa_op_next = gl.convert_layout(p_a.to(dtype), p_layout)
-                pb_op_next = gl.convert_layout(p_b.to(dtype), p_layout)
-                acc = warpgroup_mma_wait(0, deps=(o_tok,))
-                _issue_kv(desc_v, v_ring, v_bars, (a - 2) % VS, vb_a, kv_x, kv_t, a - 2 + VS < n, RASTER, NB_H, NB_W)
-                _issue_kv(desc_v, v_ring, v_bars, (a - 1) % VS, vb_b, kv_x, kv_t, a - 1 + VS < n, RASTER, NB_H, NB_W)
-                acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
-                if ROTATE:
-                    gl.atomic_add(PROGRESS, 2, sem="relaxed")
-                pa_op = pa_op_next
-                pb_op = pb_op_next
-            # the last pair's PV
-            a = 2 * npairs
-            mbarrier.wait(v_bars.index((a - 2) % VS), ((a - 2) // VS) & 1)
-            o_tok = warpgroup_mma(pa_op, v_ring.index((a - 2) % VS), acc, is_async=True)
-            mbarrier.wait(v_bars.index((a - 1) % VS), ((a - 1) // VS) & 1)
-            o_tok = warpgroup_mma(pb_op, v_ring.index((a - 1) % VS), o_tok, is_async=True)
-            acc = warpgroup_mma_wait(0, deps=(o_tok,))
-        if n % 2 == 1:  # an odd count: the last block on its own
-            c = n - 1
-            mbarrier.wait(k_bars.index(c % KS), (c // KS) & 1)
-            s_tok = warpgroup_mma(q_op, k_ring.index(c % KS).permute((1, 0)), s_zero, use_acc=False, is_async=True)
-            s = warpgroup_mma_wait(0, deps=(s_tok,))
-            p, m_i, l_i, alpha = _softmax_one(s, m_i, l_i, qk_scale)
-            acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
-            mbarrier.wait(v_bars.index(c % VS), (c // VS) & 1)
-            o_tok = warpgroup_mma(gl.convert_layout(p.to(dtype), p_layout), v_ring.index(c % VS), acc, is_async=True)
-            acc = warpgroup_mma_wait(0, deps=(o_tok,))
+    if WS:  # version 4: the pair loop in this warpgroup, every TMA load from a warp of its own
+        m_i, l_i, acc = gl.warp_specialize(
+            [
+                (_pairs, (q_op, m_i, l_i, acc, k_ring, v_ring, k_bars, v_bars, n, qk_scale, (k_empty, v_empty),
+                          s_layout, o_layout, True, ROTATE, RASTER, NB_H, NB_W)),
+                (_ws_producer, (desc_k, desc_v, k_ring, v_ring, k_bars, v_bars, k_empty, v_empty, idx_row, n, first,
+                                kv_x, kv_t, PROGRESS, ROTATE, RASTER, NB_H, NB_W)),
+            ],
+            [1],
+            [24],
+        )  # fmt: skip
+    elif PAIRS:  # version 3: two key blocks per softmax update, refills issued here
+        m_i, l_i, acc = _pairs(
+            q_op, m_i, l_i, acc, k_ring, v_ring, k_bars, v_bars, n, qk_scale,
+            (desc_k, desc_v, idx_row, first, kv_x, kv_t, PROGRESS), s_layout, o_layout, False, ROTATE, RASTER, NB_H,
+            NB_W,
+        )  # fmt: skip
     else:  # versions 1 and 2: one block per update; the V refill reuses the previous K refill's row
         gl.static_assert(KS == VS, "one block per step: K and V rings of one depth")
         if n > 0:  # a row can select no block in a pass's key range: its state passes through
@@ -408,6 +390,11 @@ def _bsa_fwd_gluon_kernel(
         mbarrier.invalidate(k_bars.index(i))
     for i in gl.static_range(VS):
         mbarrier.invalidate(v_bars.index(i))
+    if WS:
+        for i in gl.static_range(KS):
+            mbarrier.invalidate(k_empty.index(i))
+        for i in gl.static_range(VS):
+            mbarrier.invalidate(v_empty.index(i))
 
     if LAST:  # O / l (0 / 0 = NaN for a row that selected nothing at all, as in the Triton kernels)
         out = acc / gl.convert_layout(l_i, o_rows)[:, None]
@@ -421,6 +408,131 @@ def _bsa_fwd_gluon_kernel(
         gl.store(M_STATE + state_rows, m_i, eviction_policy="evict_first")
         gl.store(L_STATE + state_rows, l_i, eviction_policy="evict_first")
         gl.store(acc_ptrs, acc, eviction_policy="evict_first")
+
+
+@gluon.jit
+def _ws_producer(
+    desc_k, desc_v, k_ring, v_ring, k_ready, v_ready, k_empty, v_empty, idx_row, n, first, kv_x, kv_t, PROGRESS,
+    ROTATE: gl.constexpr, RASTER: gl.constexpr, NB_H: gl.constexpr, NB_W: gl.constexpr,
+):  # fmt: skip
+    """Version 4's load warp: K of block i, then V of block i - 1 (V is read a step after K), each as soon as the
+    consumer has released its ring slot (``*_empty``; a fresh barrier passes the first wait). Both rows are loaded
+    before the waits (the list is re-read for V: Triton 3.6 compiled a loop-carried copy of the K row into the
+    first block's coordinates for every V box). ``ROTATE``: counts each K box into the launch's progress."""
+    KS: gl.constexpr = k_ring.shape[0]
+    VS: gl.constexpr = v_ring.shape[0]
+    for i in range(n + 1):
+        j = gl.maximum(i - 1, 0)
+        blk = _box(idx_row, i, n, first, ROTATE)
+        v_blk = _box(idx_row, j, n, first, ROTATE)
+        if i < n:
+            mbarrier.wait(k_empty.index(i % KS), ((i // KS) & 1) ^ 1)
+            _issue_kv(desc_k, k_ring, k_ready, i % KS, blk, kv_x, kv_t, True, RASTER, NB_H, NB_W)
+            if ROTATE:
+                gl.atomic_add(PROGRESS, 1, sem="relaxed")
+        if i > 0:
+            mbarrier.wait(v_empty.index(j % VS), ((j // VS) & 1) ^ 1)
+            _issue_kv(desc_v, v_ring, v_ready, j % VS, v_blk, kv_x, kv_t, True, RASTER, NB_H, NB_W)
+
+
+@gluon.jit
+def _pairs(
+    q, m_i, l_i, acc, k_ring, v_ring, k_ready, v_ready, n, qk_scale, feed, s_layout: gl.constexpr,
+    o_layout: gl.constexpr, WS: gl.constexpr, ROTATE: gl.constexpr, RASTER: gl.constexpr, NB_H: gl.constexpr,
+    NB_W: gl.constexpr,
+):  # fmt: skip
+    """Versions 3 and 4's loop over pairs of key blocks (the schedule in the module docstring); returns (m, l, O).
+    A K slot is free once its QKᵀ has completed, a V slot once its PV has: ``WS`` (version 4) hands each back to the
+    load warp (``feed`` = (k_empty, v_empty): one arrive each); else (version 3) it is refilled here, that many blocks
+    ahead (``feed`` = (desc_k, desc_v, idx_row, first, kv_x, kv_t, PROGRESS)), from rows loaded before the waits
+    that hide their latency."""
+    KS: gl.constexpr = k_ring.shape[0]
+    VS: gl.constexpr = v_ring.shape[0]
+    BLOCK: gl.constexpr = k_ring.shape[1]
+    dtype: gl.constexpr = k_ring.dtype
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    o_rows: gl.constexpr = gl.SliceLayout(1, o_layout)
+    s_zero = gl.zeros([BLOCK, BLOCK], gl.float32, s_layout)
+    if WS:
+        k_empty, v_empty = feed
+    else:
+        desc_k, desc_v, idx_row, first, kv_x, kv_t, PROGRESS = feed
+    npairs = n // 2
+    if npairs > 0:
+        # pair 0: its scores, softmax, and the rescale of a carried state (alpha = 0 on a fresh one)
+        if not WS:
+            kb_a = _box(idx_row, KS, n, first, ROTATE)
+            kb_b = _box(idx_row, KS + 1, n, first, ROTATE)
+        mbarrier.wait(k_ready.index(0), 0)
+        sa_tok = warpgroup_mma(q, k_ring.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+        mbarrier.wait(k_ready.index(1 % KS), (1 // KS) & 1)
+        sb_tok = warpgroup_mma(q, k_ring.index(1 % KS).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+        s_a, s_b = warpgroup_mma_wait(0, deps=(sa_tok, sb_tok))
+        if WS:
+            mbarrier.arrive(k_empty.index(0), count=1)
+            mbarrier.arrive(k_empty.index(1 % KS), count=1)
+        else:
+            _issue_kv(desc_k, k_ring, k_ready, 0, kb_a, kv_x, kv_t, n > KS, RASTER, NB_H, NB_W)
+            _issue_kv(desc_k, k_ring, k_ready, 1 % KS, kb_b, kv_x, kv_t, n > KS + 1, RASTER, NB_H, NB_W)
+        p_a, p_b, m_i, l_i, alpha = _softmax_pair(s_a, s_b, m_i, l_i, qk_scale)
+        pa_op = gl.convert_layout(p_a.to(dtype), p_layout)
+        pb_op = gl.convert_layout(p_b.to(dtype), p_layout)
+        acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
+        for pj in range(1, npairs):
+            a = 2 * pj
+            if not WS:  # the rows of this iteration's refills, loaded before the waits that hide their latency
+                kb_a = _box(idx_row, a + KS, n, first, ROTATE)
+                kb_b = _box(idx_row, a + 1 + KS, n, first, ROTATE)
+                vb_a = _box(idx_row, a - 2 + VS, n, first, ROTATE)
+                vb_b = _box(idx_row, a - 1 + VS, n, first, ROTATE)
+            mbarrier.wait(k_ready.index(a % KS), (a // KS) & 1)
+            sa_tok = warpgroup_mma(q, k_ring.index(a % KS).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+            mbarrier.wait(k_ready.index((a + 1) % KS), ((a + 1) // KS) & 1)
+            sb_tok = warpgroup_mma(q, k_ring.index((a + 1) % KS).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+            mbarrier.wait(v_ready.index((a - 2) % VS), ((a - 2) // VS) & 1)
+            o_tok = warpgroup_mma(pa_op, v_ring.index((a - 2) % VS), acc, is_async=True)
+            mbarrier.wait(v_ready.index((a - 1) % VS), ((a - 1) // VS) & 1)
+            o_tok = warpgroup_mma(pb_op, v_ring.index((a - 1) % VS), o_tok, is_async=True)
+            s_a, s_b = warpgroup_mma_wait(2, deps=(sa_tok, sb_tok))
+            if WS:
+                mbarrier.arrive(k_empty.index(a % KS), count=1)
+                mbarrier.arrive(k_empty.index((a + 1) % KS), count=1)
+            else:
+                _issue_kv(desc_k, k_ring, k_ready, a % KS, kb_a, kv_x, kv_t, a + KS < n, RASTER, NB_H, NB_W)
+                _issue_kv(desc_k, k_ring, k_ready, (a + 1) % KS, kb_b, kv_x, kv_t, a + 1 + KS < n, RASTER, NB_H, NB_W)
+            p_a, p_b, m_i, l_i, alpha = _softmax_pair(s_a, s_b, m_i, l_i, qk_scale)
+            pa_op_next = gl.convert_layout(p_a.to(dtype), p_layout)
+            pb_op_next = gl.convert_layout(p_b.to(dtype), p_layout)
+            acc = warpgroup_mma_wait(0, deps=(o_tok,))
+            if WS:
+                mbarrier.arrive(v_empty.index((a - 2) % VS), count=1)
+                mbarrier.arrive(v_empty.index((a - 1) % VS), count=1)
+            else:
+                _issue_kv(desc_v, v_ring, v_ready, (a - 2) % VS, vb_a, kv_x, kv_t, a - 2 + VS < n, RASTER, NB_H, NB_W)
+                _issue_kv(desc_v, v_ring, v_ready, (a - 1) % VS, vb_b, kv_x, kv_t, a - 1 + VS < n, RASTER, NB_H, NB_W)
+            acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
+            if ROTATE and not WS:  # (the load warp counts the progress in version 4)
+                gl.atomic_add(PROGRESS, 2, sem="relaxed")
+            pa_op = pa_op_next
+            pb_op = pb_op_next
+        # the last pair's PV (no slot is reused after it)
+        a = 2 * npairs
+        mbarrier.wait(v_ready.index((a - 2) % VS), ((a - 2) // VS) & 1)
+        o_tok = warpgroup_mma(pa_op, v_ring.index((a - 2) % VS), acc, is_async=True)
+        mbarrier.wait(v_ready.index((a - 1) % VS), ((a - 1) // VS) & 1)
+        o_tok = warpgroup_mma(pb_op, v_ring.index((a - 1) % VS), o_tok, is_async=True)
+        acc = warpgroup_mma_wait(0, deps=(o_tok,))
+    if n % 2 == 1:  # an odd count: the last block on its own
+        c = n - 1
+        mbarrier.wait(k_ready.index(c % KS), (c // KS) & 1)
+        s_tok = warpgroup_mma(q, k_ring.index(c % KS).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+        s = warpgroup_mma_wait(0, deps=(s_tok,))
+        p, m_i, l_i, alpha = _softmax_one(s, m_i, l_i, qk_scale)
+        acc = acc * gl.convert_layout(alpha, o_rows)[:, None]
+        mbarrier.wait(v_ready.index(c % VS), (c // VS) & 1)
+        o_tok = warpgroup_mma(gl.convert_layout(p.to(dtype), p_layout), v_ring.index(c % VS), acc, is_async=True)
+        acc = warpgroup_mma_wait(0, deps=(o_tok,))
+    return m_i, l_i, acc
 
 
 def supports(q: torch.Tensor, chunk) -> bool:
@@ -480,9 +592,11 @@ def kernel_and_meta(version: int, stages: int):
     with the Triton TMA kernel's arguments and ``kv_descriptors``' descriptors, 4 warps): 1 / 2, one key block per
     step (2: Q in registers), K and V rings of ``stages`` boxes; 3: pairs of key blocks per step, K ring ``stages``,
     V ring ``stages + 1``. Rows without any block come out NaN (0 / 0, as in the Triton kernels)."""
+    if version == 4:
+        return _bsa_fwd_gluon_kernel, dict(KS=stages, VS=stages + 1, QREG=True, PAIRS=True, WS=True)
     if version == 3:
-        return _bsa_fwd_gluon_kernel, dict(KS=stages, VS=stages + 1, QREG=True, PAIRS=True)
-    return _bsa_fwd_gluon_kernel, dict(KS=stages, VS=stages, QREG=version == 2, PAIRS=False)
+        return _bsa_fwd_gluon_kernel, dict(KS=stages, VS=stages + 1, QREG=True, PAIRS=True, WS=False)
+    return _bsa_fwd_gluon_kernel, dict(KS=stages, VS=stages, QREG=version == 2, PAIRS=False, WS=False)
 
 
 def compile_for_sm90(
@@ -510,4 +624,7 @@ def compile_for_sm90(
     signature.update(ACC="*fp32", M_STATE="*fp32", L_STATE="*fp32", PROGRESS="*i64", TURN="*i64")
     signature.update(desc_k=mangle_type(desc_k), desc_v=mangle_type(desc_v))
     src = GluonASTSource(fn, signature, {(fn.arg_names.index(k),): v for k, v in constexprs.items()})
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+    options = {"num_warps": 4}
+    if version == 4:
+        options["maxnreg"] = WS_MAXNREG
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)

@@ -154,9 +154,10 @@ class BsaKernelConfig:
     selections, see the design note); tma: K/V tiles by TMA from a block-major copy (sm_90+; n_sub 1 or 2 (pairs of
     blocks per softmax update), no groups; see
     "TMA variant" in the design note); warp_specialize: Triton's automatic producer/consumer warp specialization of
-    the TMA loop; maxnreg: a register cap per thread for the TMA kernel (more programs per SM); gluon: 1, 2 or 3,
+    the TMA loop; maxnreg: a register cap per thread for the TMA kernel (more programs per SM); gluon: 1 to 4,
     the TMA kernel software-pipelined by hand in Gluon (gluon_bsa.py; 2: Q held in registers; 3: also pairs of key
-    blocks per softmax update; needs tma, n_sub 1, 4 warps; num_stages = its K and V ring depth, version 3's V ring
+    blocks per softmax update; 4: version 3 with a load warp of its own issuing the TMA loads; needs tma, n_sub 1,
+    4 (compute) warps; num_stages = its K and V ring depth, version 3's V ring
     one deeper), used where it applies (sm_90, bf16/fp16, 64-token blocks, head_dim
     64..256), the Triton TMA kernel elsewhere; rotate: R > 0 (Gluon kernel, one pass) starts each program's walk over
     its ascending list at the phase of the key range that all programs share at that moment (key blocks done so far
@@ -203,7 +204,11 @@ TMA_CONFIG = BsaKernelConfig(num_stages=4, kv_passes=1, tma=True)
 # what the op runs under ``torch.use_deterministic_algorithms(True)``.
 # Session 13: K/V boxes read in place from the raster layout (``raster``, 5-D TMA descriptors) instead of block-major
 # copies: op 0.0595-0.0607 s against 0.0608-0.0625 s with copies, same runs (bsa_op_probe_*-s13a..c).
-GLUON_CONFIG = BsaKernelConfig(num_stages=3, kv_passes=1, tma=True, gluon=3, rotate=2, raster=True)
+# Session 14: version 4 (version 3 with a load warp of its own; the same bits): kernel 0.0561-0.0580 s against
+# 0.0574-0.0587 s, op 0.0587-0.0606 s against 0.0603-0.0613 s, four runs of 15 interleaved rounds on three H200
+# starts (bsa_op_probe_*-s14d..g); within 0.5-2% either way on another (3 rounds, s14b). Deterministic mode keeps
+# version 3 (the same bits; version 4 in passes was not timed against it).
+GLUON_CONFIG = BsaKernelConfig(num_stages=3, kv_passes=1, tma=True, gluon=4, rotate=2, raster=True)
 GLUON_DETERMINISTIC_CONFIG = BsaKernelConfig(num_stages=3, kv_passes=None, tma=True, gluon=3, raster=True)
 # Grouped variant: pairs of w-neighbouring query blocks, 128-row tiles over the union of their selections (two
 # warpgroups). Wins when neighbours share selections (real / RoPE-structured heads), loses on iid inputs.
@@ -636,8 +641,8 @@ def bsa_forward(
         raise ValueError(f"group_h * group_w must be a power of two; got {cfg.group_h} x {cfg.group_w}")
     if cfg.tma and (cfg.group > 1 or cfg.n_sub not in (1, 2)):
         raise ValueError(f"the TMA kernel takes one or two key blocks per iteration and no groups; got {cfg}")
-    if cfg.gluon not in (0, 1, 2, 3) or cfg.gluon and not (cfg.tma and cfg.n_sub == 1 and cfg.num_warps == 4):
-        raise ValueError(f"the Gluon kernel (version 1, 2 or 3) is a TMA kernel of 4 warps, n_sub 1; got {cfg}")
+    if cfg.gluon not in (0, 1, 2, 3, 4) or cfg.gluon and not (cfg.tma and cfg.n_sub == 1 and cfg.num_warps == 4):
+        raise ValueError(f"the Gluon kernel (version 1 to 4) is a TMA kernel of 4 warps, n_sub 1; got {cfg}")
     if cfg.tma and q.is_cuda and torch.cuda.get_device_capability(q.device)[0] < 9:
         raise ValueError("the TMA kernel needs an sm_90+ GPU (Hopper or newer); use BsaKernelConfig(tma=False)")
     passes = cfg.kv_passes or auto_kv_passes(k)
@@ -737,6 +742,8 @@ def _launch_tma(q, k, v, out, idx, bounds, state, q_hw, latent_k, chunk, cfg, gr
     if gluon:
         kernel, meta = _gluon_module().kernel_and_meta(cfg.gluon, cfg.num_stages)
         meta["num_warps"] = 4
+        if cfg.gluon == 4:  # the load warp's warpgroup and the compute warpgroup, two programs per SM
+            meta["maxnreg"] = _gluon_module().WS_MAXNREG
         if raster is None:
             descs, view = _gluon_module().kv_descriptors(kv_blocks, d), (0, 0)
         else:

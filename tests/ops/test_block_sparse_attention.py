@@ -206,6 +206,7 @@ def test_op_on_cuda_matches_golden(golden, name):
     configs += [triton_bsa.BsaKernelConfig(tma=True, kv_passes=1, gluon=g, rotate=r) for g, r in rotated] * hopper
     # K/V boxes from the raster layout (5-D TMA; the sm_90 default) in each version, passes and rotated walks
     raster = [(1, 2, 1, 0), (2, 3, 3, 0), (3, 3, 1, 0), (3, 3, 3, 0), (3, 3, 1, 1), (1, 3, 1, 2)]
+    raster += [(4, 3, 1, 0), (4, 2, 3, 0), (4, 3, 1, 2), (4, 3, 3, 0)]  # version 4: a load warp of its own
     configs += [
         triton_bsa.BsaKernelConfig(num_stages=s, tma=True, kv_passes=p, gluon=g, rotate=r, raster=True)
         for g, s, p, r in raster
@@ -253,6 +254,34 @@ def test_gluon_raster_reads_give_the_bits_of_block_major_copies():
         ref32, ref16 = (reorder_from_blocks(r, lq, chunk) for r in refs)
         assert_within_precision(copies.cpu(), ref32, ref16, f"{name}: kernel")
         assert_within_precision(block_sparse_attention(q, k, v, lq, lk, 0.5, None, chunk).cpu(), ref32, ref16, name)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9, reason="needs an sm_90 GPU (Gluon)"
+)
+def test_gluon_load_warp_gives_the_bits_of_version_3():
+    """Version 4 (every TMA load from a warp of its own, ring slots handed over through mbarriers) runs version 3's
+    arithmetic in version 3's order: the same bits, in every mode whose walk order does not depend on timing (one pass,
+    key-range passes; ring depths 2 and 3; block-major copies or raster reads; odd and even counts; a key grid longer
+    than the query grid; two batches; head dims 64 and 128)."""
+    from lc_runtime.ops import triton_bsa
+
+    if triton_bsa._gluon_module() is None:
+        pytest.skip("Gluon unavailable")
+    gen = torch.Generator(device="cuda").manual_seed(5)
+    lq, chunk = (8, 8, 12), (4, 4, 4)
+    lk = (lq[0] + 4, *lq[1:])
+    for d, sparsity in ((64, 0.5), (128, 0.75), (128, 0.9)):  # 36 key blocks: 18, 9 (odd), 3 (odd) selected
+        q = torch.randn(2, 3, math.prod(lq), d, device="cuda", dtype=torch.bfloat16, generator=gen)
+        k, v = (torch.randn(2, 3, math.prod(lk), d, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in "kv")
+        idx, counts = select_blocks_raster(q, k, lq, lk, sparsity, None, chunk)
+        for stages, passes, raster in ((3, 1, True), (3, 3, True), (2, 1, True), (2, 1, False), (3, 2, False)):
+            v3 = triton_bsa.BsaKernelConfig(num_stages=stages, kv_passes=passes, tma=True, gluon=3, raster=raster)
+            want = triton_bsa.bsa_forward(q, k, v, idx, counts, lq, lk, chunk, v3)
+            v4 = dataclasses.replace(v3, gluon=4)
+            got = triton_bsa.bsa_forward(q, k, v, idx, counts, lq, lk, chunk, v4)
+            assert torch.equal(got, want), (d, sparsity, v4)
 
 
 @pytest.mark.gpu
@@ -505,9 +534,10 @@ def test_triton_kernel_in_interpreter():
     [
         (dict(tma=True, group_w=2), "TMA kernel"),  # the TMA kernels take no groups and one or two blocks per step
         (dict(tma=True, n_sub=4), "TMA kernel"),
-        (dict(tma=False, gluon=1), "the Gluon kernel"),  # the Gluon kernel: TMA, 4 warps, n_sub 1, version 1-3
+        (dict(tma=False, gluon=1), "the Gluon kernel"),  # the Gluon kernel: TMA, 4 warps, n_sub 1, version 1-4
         (dict(tma=True, gluon=1, n_sub=2), "the Gluon kernel"),
-        (dict(tma=True, gluon=4, num_stages=3), "the Gluon kernel"),
+        (dict(tma=True, gluon=5, num_stages=3), "the Gluon kernel"),
+        (dict(tma=True, gluon=4, num_warps=8), "the Gluon kernel"),
         (dict(tma=True, rotate=2, kv_passes=1), "rotated walks"),  # rotated walks: Gluon kernel, one pass
         (dict(tma=True, gluon=3, rotate=2, kv_passes=3), "rotated walks"),
         (dict(tma=True, raster=True), "raster K/V reads"),  # 5-D raster boxes: the Gluon kernel's
@@ -556,13 +586,14 @@ def _cubin_resources(kernel) -> dict:
 
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed (not a dependency)")
-@pytest.mark.parametrize("version", [1, 2, 3], ids=["gluon1", "gluon2", "gluon3"])
+@pytest.mark.parametrize("version", [1, 2, 3, 4], ids=["gluon1", "gluon2", "gluon3", "gluon4"])
 def test_gluon_kernel_compiles_for_sm90_two_programs_per_sm(version):
     """The op's sm_90 kernel (Gluon, which the Triton interpreter cannot run) compiled for sm_90 without a GPU, in the
     variants the op launches (first / middle / last key-range pass, one rotated pass; K/V boxes from block-major
     copies (2-D TMA) or the raster layout (5-D)): no spills, and registers and
-    shared memory for two programs per SM (the occupancy its design and the H200 timings assume). The GPU tests check
-    its results."""
+    shared memory for two programs per SM (the occupancy its design and the H200 timings assume). Version 4 (a load
+    warp beside the compute warpgroup) launches 8 warps capped at 128 registers and hands the compute warpgroup 232
+    (setmaxnreg). The GPU tests check its results."""
     try:
         from lc_runtime.ops import gluon_bsa
     except (ImportError, AttributeError) as e:  # a Triton without this Gluon API: the op falls back, nothing to build
@@ -576,7 +607,10 @@ def test_gluon_kernel_compiles_for_sm90_two_programs_per_sm(version):
         assert ("cp.async.bulk.tensor.5d" in ptx) == raster and ("cp.async.bulk.tensor.2d" in ptx) != raster
         res = _cubin_resources(kernel)
         assert res["LOCAL"] == 0 and res["STACK"] == 0, res
-        assert 2 * 128 * res["REG"] <= 65536, res
+        threads = 32 * kernel.metadata.num_warps
+        assert threads == (256 if version == 4 else 128) and 2 * threads * res["REG"] <= 65536, res
+        if version == 4:
+            assert re.search(r"setmaxnreg\.inc\.sync\.aligned\.u32\s+232;", ptx), "the compute warpgroup's registers"
         assert 2 * (kernel.metadata.shared + reserved) <= sm_shared, kernel.metadata.shared
 
 
