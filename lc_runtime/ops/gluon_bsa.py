@@ -113,6 +113,22 @@ def _issue_kv(
 
 
 @gluon.jit
+def _barriers(N: gl.constexpr):
+    """N mbarriers of count 1 (one per ring slot), initialized."""
+    bars = gl.allocate_shared_memory(gl.int64, [N, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(N):
+        mbarrier.init(bars.index(i), count=1)
+    return bars
+
+
+@gluon.jit
+def _invalidate(bars):
+    N: gl.constexpr = bars.shape[0]
+    for i in gl.static_range(N):
+        mbarrier.invalidate(bars.index(i))
+
+
+@gluon.jit
 def _box(idx_row, i, n, first, ROTATE: gl.constexpr):
     """The row's i-th selected key block (past the row's count: block 0, for a load that is predicated off).
     ``ROTATE``: the i-th block of the walk that starts at list position ``first`` and wraps around."""
@@ -248,19 +264,11 @@ def _bsa_fwd_gluon_kernel(
 
     k_ring = gl.allocate_shared_memory(dtype, [KS, BLOCK, HEAD_DIM], tile_layout)
     v_ring = gl.allocate_shared_memory(dtype, [VS, BLOCK, HEAD_DIM], tile_layout)
-    k_bars = gl.allocate_shared_memory(gl.int64, [KS, 1], mbarrier.MBarrierLayout())
-    v_bars = gl.allocate_shared_memory(gl.int64, [VS, 1], mbarrier.MBarrierLayout())
-    for i in gl.static_range(KS):
-        mbarrier.init(k_bars.index(i), count=1)
-    for i in gl.static_range(VS):
-        mbarrier.init(v_bars.index(i), count=1)
+    k_bars = _barriers(KS)
+    v_bars = _barriers(VS)
     if WS:  # version 4: the consumer's releases of ring slots to the load warp
-        k_empty = gl.allocate_shared_memory(gl.int64, [KS, 1], mbarrier.MBarrierLayout())
-        v_empty = gl.allocate_shared_memory(gl.int64, [VS, 1], mbarrier.MBarrierLayout())
-        for i in gl.static_range(KS):
-            mbarrier.init(k_empty.index(i), count=1)
-        for i in gl.static_range(VS):
-            mbarrier.init(v_empty.index(i), count=1)
+        k_empty = _barriers(KS)
+        v_empty = _barriers(VS)
     fence_async_shared()
 
     sel = b * stride_cb + h * stride_ch + pid_q
@@ -386,15 +394,11 @@ def _bsa_fwd_gluon_kernel(
             p_op = gl.convert_layout(p.to(dtype), p_layout)
             o_tok = warpgroup_mma(p_op, v_ring.index(last), acc, is_async=True)
             acc = warpgroup_mma_wait(0, deps=(o_tok,))
-    for i in gl.static_range(KS):
-        mbarrier.invalidate(k_bars.index(i))
-    for i in gl.static_range(VS):
-        mbarrier.invalidate(v_bars.index(i))
+    _invalidate(k_bars)
+    _invalidate(v_bars)
     if WS:
-        for i in gl.static_range(KS):
-            mbarrier.invalidate(k_empty.index(i))
-        for i in gl.static_range(VS):
-            mbarrier.invalidate(v_empty.index(i))
+        _invalidate(k_empty)
+        _invalidate(v_empty)
 
     if LAST:  # O / l (0 / 0 = NaN for a row that selected nothing at all, as in the Triton kernels)
         out = acc / gl.convert_layout(l_i, o_rows)[:, None]
@@ -587,16 +591,23 @@ def raster_descriptors(k: torch.Tensor, v: torch.Tensor, latent_shape_k, chunk):
     return descs, views[0][2:]
 
 
+LAUNCH_OPTIONS = ("num_warps", "maxnreg")  # the keys of kernel_and_meta's meta that are launch options
+
+
 def kernel_and_meta(version: int, stages: int):
-    """The kernel and its constexprs for a version (triton_bsa's ``_launch_tma`` launches it once per key-range pass
-    with the Triton TMA kernel's arguments and ``kv_descriptors``' descriptors, 4 warps): 1 / 2, one key block per
-    step (2: Q in registers), K and V rings of ``stages`` boxes; 3: pairs of key blocks per step, K ring ``stages``,
-    V ring ``stages + 1``. Rows without any block come out NaN (0 / 0, as in the Triton kernels)."""
+    """The kernel and its meta for a version: constexprs and launch options (``LAUNCH_OPTIONS``; triton_bsa's
+    ``_launch_tma`` launches it once per key-range pass with the Triton TMA kernel's arguments and ``kv_descriptors``'
+    descriptors): 1 / 2, one key block per step (2: Q in registers), K and V rings of ``stages`` boxes; 3: pairs of
+    key blocks per step, K ring ``stages``, V ring ``stages + 1``; 4: version 3 with a load warp (8 warps capped at
+    ``WS_MAXNREG`` registers). 4 (compute) warps. Rows without any block come out NaN (0 / 0, as in the Triton
+    kernels)."""
     if version == 4:
-        return _bsa_fwd_gluon_kernel, dict(KS=stages, VS=stages + 1, QREG=True, PAIRS=True, WS=True)
+        return _bsa_fwd_gluon_kernel, dict(
+            KS=stages, VS=stages + 1, QREG=True, PAIRS=True, WS=True, num_warps=4, maxnreg=WS_MAXNREG
+        )
     if version == 3:
-        return _bsa_fwd_gluon_kernel, dict(KS=stages, VS=stages + 1, QREG=True, PAIRS=True, WS=False)
-    return _bsa_fwd_gluon_kernel, dict(KS=stages, VS=stages, QREG=version == 2, PAIRS=False, WS=False)
+        return _bsa_fwd_gluon_kernel, dict(KS=stages, VS=stages + 1, QREG=True, PAIRS=True, WS=False, num_warps=4)
+    return _bsa_fwd_gluon_kernel, dict(KS=stages, VS=stages, QREG=version == 2, PAIRS=False, WS=False, num_warps=4)
 
 
 def compile_for_sm90(
@@ -617,6 +628,7 @@ def compile_for_sm90(
         )
     ptr = "*" + {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
     fn, rings = kernel_and_meta(version, stages)
+    options = {key: rings.pop(key) for key in LAUNCH_OPTIONS if key in rings}
     constexprs = dict(CT=4, CH=4, CW=4, HEAD_DIM=head_dim, FIRST=first, LAST=last, ROTATE=rotate, K_MAX=256, **rings)
     constexprs.update(RASTER=raster, NB_H=11 if raster else 1, NB_W=20 if raster else 1)  # the 720p refine grid
     signature = {name: "constexpr" if name in constexprs else "i32" for name in fn.arg_names}
@@ -624,7 +636,4 @@ def compile_for_sm90(
     signature.update(ACC="*fp32", M_STATE="*fp32", L_STATE="*fp32", PROGRESS="*i64", TURN="*i64")
     signature.update(desc_k=mangle_type(desc_k), desc_v=mangle_type(desc_v))
     src = GluonASTSource(fn, signature, {(fn.arg_names.index(k),): v for k, v in constexprs.items()})
-    options = {"num_warps": 4}
-    if version == 4:
-        options["maxnreg"] = WS_MAXNREG
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)

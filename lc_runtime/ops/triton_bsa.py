@@ -740,10 +740,7 @@ def _launch_tma(q, k, v, out, idx, bounds, state, q_hw, latent_k, chunk, cfg, gr
                 raise ValueError(f"kv_blocks must be contiguous [{bsz * heads * sk}, {d}] {k.dtype}; got "
                                  f"{list(blocked.shape)} {blocked.dtype}")  # fmt: skip
     if gluon:
-        kernel, meta = _gluon_module().kernel_and_meta(cfg.gluon, cfg.num_stages)
-        meta["num_warps"] = 4
-        if cfg.gluon == 4:  # the load warp's warpgroup and the compute warpgroup, two programs per SM
-            meta["maxnreg"] = _gluon_module().WS_MAXNREG
+        kernel, meta = _gluon_module().kernel_and_meta(cfg.gluon, cfg.num_stages)  # constexprs and launch options
         if raster is None:
             descs, view = _gluon_module().kv_descriptors(kv_blocks, d), (0, 0)
         else:
