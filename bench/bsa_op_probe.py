@@ -62,7 +62,7 @@ def op_variants(q, k, v):
 
     cfg = triton_bsa.default_config(q)
     copies = dataclasses.replace(cfg, raster=False)
-    other = dataclasses.replace(cfg, gluon=3 if cfg.gluon == 4 else 4)  # the Gluon kernel with / without a load warp
+    other = other_version(cfg)
     # the DiT's layout: [B, S, H, D] buffers seen as [B, H, S, D] (strided K/V boxes: 256-byte rows 8 KB apart)
     qt, kt, vt = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in (q, k, v))
     # the DiT's own: q and k [B, S, H, D] (its fused norm + RoPE kernel's output), v a view of the QKV GEMM's output
@@ -97,7 +97,7 @@ def parts(q, k, v, sweep=True):
     out = torch.empty_like(q)
     cfg = triton_bsa.default_config(q)
     copies = dataclasses.replace(cfg, raster=False)
-    other = dataclasses.replace(cfg, gluon=3 if cfg.gluon == 4 else 4)
+    other = other_version(cfg)
     calls = {
         "prep: k means": lambda: triton_bsa.blocks_and_means(k, GRID, CHUNK, store=False),
         "prep: k copy + means": lambda: triton_bsa.blocks_and_means(k, GRID, CHUNK),
@@ -115,25 +115,18 @@ def parts(q, k, v, sweep=True):
             q, k, v, idx, counts, GRID, GRID, CHUNK, other, out=out, order="sorted"
         ),
     }
-    if not sweep:
-        return _checked(calls, dict(k_sel=k_sel), q_mean, k_mean, idx, k_sel)
-    for method in triton_topk.METHODS:
+    for method in triton_topk.METHODS if sweep else ():
         for warps in (None, *TOPK_WARPS):
             name = f"top-k: {method}" + (f", {warps} warps" if warps else "")
             calls[name] = lambda m=method, w=warps: triton_topk.topk_ascending(
                 scores, k_sel, torch.int32, num_warps=w, method=m
             )
-    for warps in (4, 8):  # the interpolation search's row layout
+    for warps in (4, 8) if sweep else ():  # the interpolation search's row layout
         for group in TOPK_GROUPS:
             calls[f"top-k: interp, {warps} warps, group {group}"] = lambda w=warps, g=group: triton_topk.topk_ascending(
                 scores, k_sel, torch.int32, num_warps=w, method="interp", group=g
             )
-    return _checked(calls, dict(k_sel=k_sel), q_mean, k_mean, idx, k_sel)
-
-
-def _checked(calls, checks, q_mean, k_mean, idx, k_sel):
-    """The calls, and checks: rows the fp32-GEMM scores select differently, each top-k call's indices against the
-    op's, each means launch's means against the op's."""
+    checks = dict(k_sel=k_sel)
     fp32_idx = triton_topk.topk_ascending(bsa_mod.block_scores(q_mean, k_mean, None), k_sel, torch.int32)
     checks["selection rows differing, bf16-GEMM vs fp32-GEMM scores"] = [
         int((fp32_idx != idx).any(-1).sum()),
@@ -143,6 +136,11 @@ def _checked(calls, checks, q_mean, k_mean, idx, k_sel):
         if name.startswith("top-k"):
             checks[f"{name}: same indices as the op's"] = bool(torch.equal(fn(), idx))
     return calls, checks
+
+
+def other_version(cfg):
+    """The Gluon kernel version the default is compared with: 3 against 4 (a load warp of its own), else 4."""
+    return dataclasses.replace(cfg, gluon=3 if cfg.gluon == 4 else 4)
 
 
 def cfg_label(cfg) -> str:
