@@ -46,9 +46,8 @@ TOPK_WARPS = (2, 8, 16)  # besides the default
 TOPK_GROUPS = (0, 16, 32, 64)  # the interpolation search's column groups (triton_topk.INTERP_GROUP)
 
 
-def op_variants(q, k, v, groups=()):
-    """name -> a call of the op in that variant (module switches set around the call, restored after); ``groups``:
-    (head groups, kernel lanes) pairs to time the op's overlapped selection with."""
+def op_variants(q, k, v):
+    """name -> a call of the op in that variant (module switches set around the call, restored after)."""
     run = lambda: bsa_mod.block_sparse_attention(q, k, v, GRID, GRID, SPARSITY)  # noqa: E731
 
     def with_config(cfg, *qkv):
@@ -83,12 +82,6 @@ def op_variants(q, k, v, groups=()):
         ),
         "op on the DiT's buffers, block-major copies": with_config(copies, qt, kt, v_dit),
         f"op on the DiT's buffers, gluon={other.gluon}": with_config(other, qt, kt, v_dit),
-        **{
-            f"op, {g} head groups, {n} lane{'s' * (n > 1)}": with_config(
-                dataclasses.replace(cfg, head_groups=g, attn_lanes=n)
-            )
-            for g, n in groups
-        },
     }
 
 
@@ -164,7 +157,6 @@ def main() -> None:
     ap.add_argument("--series", type=int, default=0, help="then time the op N calls in a row (each call's time)")
     ap.add_argument("--no-sweep", action="store_true", help="skip the top-k sweep (warps, groups, radix)")
     ap.add_argument("--only", default=None, help="time only the rows whose name matches this regular expression")
-    ap.add_argument("--groups", default="", help="op rows with head groups x kernel lanes, e.g. 4x1,8x2")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("needs a CUDA GPU")
@@ -181,8 +173,7 @@ def main() -> None:
         else:
             q, k, v = rope_inputs(HEADS, GRID, D, "cuda", gen)
         calls, checks = parts(q, k, v, sweep=not args.no_sweep)
-        groups = [tuple(int(n) for n in g.split("x")) for g in args.groups.split(",") if g]
-        calls = {**op_variants(q, k, v, groups), **calls}
+        calls = {**op_variants(q, k, v), **calls}
         calls = {name: fn for name, fn in calls.items() if args.only is None or re.search(args.only, name)}
         times = {name: [] for name in calls}
         for _ in range(args.rounds):

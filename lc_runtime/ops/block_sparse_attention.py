@@ -26,7 +26,10 @@ CUDA selects with the Triton top-k of ``triton_topk.py`` (ascending indices in o
 Triton kernel of ``triton_bsa.py`` (key blocks in ascending order). On sm_90+ (the TMA kernel, which reads
 block-major copies of k and v) one Triton pass per tensor makes k's copy and its block means, v's copy, and q's
 means (``triton_bsa.blocks_and_means``); scores by a bf16 GEMM with fp32 output (:func:`block_scores`). (Copying v on
-a side stream beside the selection was measured and dropped: no faster, bench/results/bsa_op_probe_*-s12*.)
+a side stream beside the selection was measured and dropped: no faster, bench/results/bsa_op_probe_*-s12*. So was
+splitting the call into 2-16 head groups, each group's selection on a high-priority side stream while the kernel
+attends the previous groups, on one or two kernel streams: 0.0593-0.0613 s against 0.0593-0.0594 s in one call,
+commit 145769c, bench/results/bsa_op_probe_*-s15a-head-groups.)
 Elsewhere on CUDA, q and k are pooled in torch straight from the raster layout and the gathered kernel reads the
 raster layout. Every other device runs the fp32 PyTorch reference ``block_sparse_attention_ref``.
 
@@ -395,71 +398,33 @@ def _bsa_op(
 def _bsa_cuda(q, k, v, latent_shape_q, latent_shape_k, sparsity, cdf_threshold, chunk_3d_shape):
     from lc_runtime.ops import triton_bsa  # triton is only needed (and importable) on CUDA machines
 
+    # the kernel visits key blocks in ascending order: the topk mode selects them in that order in one Triton pass
+    # (triton_topk.py) instead of top-k's sort and a second, ascending one
     out = _empty_output(q)
     cfg = triton_bsa.default_config(q)
     if cfg.tma:
+        # One Triton pass pools q's block means, one k's; the Gluon kernel reads K/V boxes straight from the raster
+        # layout (5-D TMA descriptors), other TMA kernels from block-major copies of k and v (k's copy made in its
+        # pooling pass) instead of pooling q and k from the raster layout with PyTorch and copying k and v after.
         q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
-    args = (latent_shape_q, latent_shape_k, sparsity, cdf_threshold, chunk_3d_shape, cfg)
-    groups = max(1, min(cfg.head_groups, q.shape[1]))
-    if groups == 1:
-        _cuda_attend(q, k, v, out, _cuda_select(q, k, v, *args), *args)
-        return out
-    # Head groups (one batch element each, so that every slice keeps a raster view): the selection of each group on
-    # the high-priority side stream, its kernel on a lane (the current stream, or the current stream and the second
-    # side stream in turn) once that selection is done. Every group's selection stays referenced until the end:
-    # its memory, freed on the side stream, is reused there only after that stream has waited for the current one
-    # (the next call), i.e. after the kernels that read it.
-    main = torch.cuda.current_stream(q.device)
-    prep, second = triton_bsa.side_streams(q.device.index if q.device.index is not None else main.device_index)
-    lanes = (main, second)[: max(1, min(cfg.attn_lanes, 2))]
-    for side in (prep, *lanes[1:]):
-        side.wait_stream(main)
-    heads = torch.arange(q.shape[1]).tensor_split(groups)
-    kept = []
-    for n, (b, h) in enumerate((b, h) for b in range(q.shape[0]) for h in heads):
-        part = [x[b : b + 1, int(h[0]) : int(h[-1]) + 1] for x in (q, k, v, out)]
-        with torch.cuda.stream(prep):
-            kept.append(_cuda_select(*part[:3], *args))
-            ready = prep.record_event()
-        lane = lanes[n % len(lanes)]
-        lane.wait_event(ready)
-        with torch.cuda.stream(lane):
-            _cuda_attend(*part, kept[-1], *args)
-    for lane in lanes[1:]:
-        main.wait_stream(lane)
-    main.wait_stream(prep)  # (already implied by the lanes' waits; explicit for a CUDA graph capture's join)
-    return out
-
-
-def _cuda_select(q, k, v, latent_shape_q, latent_shape_k, sparsity, cdf_threshold, chunk, cfg):
-    """The CUDA selection of one call on the current stream: (indices ascending, counts, the TMA kernel's
-    block-major K/V copies or None). The kernel visits key blocks in ascending order: the topk mode selects them in
-    that order in one Triton pass (triton_topk.py) instead of top-k's sort and a second, ascending one."""
-    from lc_runtime.ops import triton_bsa
-
-    if not cfg.tma:  # q and k pooled in torch straight from the raster layout, the gathered kernel
-        return (*select_blocks_raster(q, k, latent_shape_q, latent_shape_k, sparsity, cdf_threshold, chunk,
-                                      order="ascending"), None)  # fmt: skip
-    # One Triton pass pools q's block means, one k's; the Gluon kernel reads K/V boxes straight from the raster
-    # layout (5-D TMA descriptors), other TMA kernels from block-major copies of k and v (k's copy made in its
-    # pooling pass) instead of pooling q and k from the raster layout with PyTorch and copying k and v after.
-    _block_grid(latent_shape_q, chunk, q.shape[2], "q")
-    _block_grid(latent_shape_k, chunk, k.shape[2], "k")
-    raster = triton_bsa.raster_kv(q, k, v, latent_shape_k, chunk, cfg) is not None
-    k_blocks, k_mean = triton_bsa.blocks_and_means(k, latent_shape_k, chunk, store=not raster)
-    q_mean = triton_bsa.blocks_and_means(q, latent_shape_q, chunk, store=False)[1]
-    v_blocks = None if raster else triton_bsa.blocks_and_means(v, latent_shape_k, chunk, pool=False)[0]
-    indices, counts = _select_from_means(q_mean, k_mean, sparsity, cdf_threshold, "ascending", q.dtype)
-    return indices, counts, None if raster else (k_blocks, v_blocks)
-
-
-def _cuda_attend(q, k, v, out, selection, latent_shape_q, latent_shape_k, sparsity, cdf_threshold, chunk, cfg):
-    """The kernel of one call on the current stream, over :func:`_cuda_select`'s selection, into ``out``."""
-    from lc_runtime.ops import triton_bsa
-
-    indices, counts, kv_blocks = selection
-    triton_bsa.bsa_forward(q, k, v, indices, counts, latent_shape_q, latent_shape_k, chunk, cfg, out=out,
-                           order="sorted", kv_blocks=kv_blocks)  # fmt: skip
+        _block_grid(latent_shape_q, chunk_3d_shape, q.shape[2], "q")
+        _block_grid(latent_shape_k, chunk_3d_shape, k.shape[2], "k")
+        raster = triton_bsa.raster_kv(q, k, v, latent_shape_k, chunk_3d_shape, cfg) is not None
+        k_blocks, k_mean = triton_bsa.blocks_and_means(k, latent_shape_k, chunk_3d_shape, store=not raster)
+        q_mean = triton_bsa.blocks_and_means(q, latent_shape_q, chunk_3d_shape, store=False)[1]
+        v_blocks = None if raster else triton_bsa.blocks_and_means(v, latent_shape_k, chunk_3d_shape, pool=False)[0]
+        indices, counts = _select_from_means(q_mean, k_mean, sparsity, cdf_threshold, "ascending", q.dtype)
+        del q_mean, k_mean
+        return triton_bsa.bsa_forward(
+            q, k, v, indices, counts, latent_shape_q, latent_shape_k, chunk_3d_shape, cfg, out=out, order="sorted",
+            kv_blocks=None if raster else (k_blocks, v_blocks),
+        )  # fmt: skip
+    indices, counts = select_blocks_raster(
+        q, k, latent_shape_q, latent_shape_k, sparsity, cdf_threshold, chunk_3d_shape, order="ascending"
+    )
+    return triton_bsa.bsa_forward(
+        q, k, v, indices, counts, latent_shape_q, latent_shape_k, chunk_3d_shape, out=out, order="sorted"
+    )
 
 
 @_bsa_op.register_fake

@@ -164,11 +164,7 @@ class BsaKernelConfig:
     in the launch, one turn per R x SMs programs' selections), wrapping around, so that the resident programs read
     one region of K/V (see "Rotated walks" in the design note; the output bits depend on timing); raster (Gluon kernel):
     K/V boxes straight from the raster layout through 5-D TMA descriptors (``gluon_bsa.raster_view``) instead of
-    block-major copies, where the strides allow one (else the copies are made); head_groups (the op only, not
-    :func:`bsa_forward`): G > 1 splits each batch element's heads into G groups, and the selection of a group (means,
-    scores, top-k; K/V copies where they are made) runs on a side stream of high priority while the kernel attends the
-    previous groups (``attn_lanes`` = 2: the kernels of consecutive groups on two streams, so that one group's last
-    programs share the GPU with the next group's first instead of leaving SMs idle); the same selection and bits."""
+    block-major copies, where the strides allow one (else the copies are made)."""
 
     n_sub: int = 1
     num_warps: int = 4
@@ -182,8 +178,6 @@ class BsaKernelConfig:
     gluon: int = 0
     rotate: int = 0
     raster: bool = False
-    head_groups: int = 1
-    attn_lanes: int = 1
 
     @property
     def group(self) -> int:
@@ -711,14 +705,6 @@ def bsa_forward(
         else:
             _bsa_fwd_kernel[grid](*args, **meta)
     return out
-
-
-@functools.cache
-def side_streams(device_index: int) -> tuple[torch.cuda.Stream, torch.cuda.Stream]:
-    """The op's two side streams on a GPU (made once): the selection's, of high priority (its short kernels take
-    the SM room the attention kernel leaves, as soon as it is free), and a second kernel lane (``attn_lanes``)."""
-    # (a lower number is a higher priority; torch maps a number past the device's range to its end)
-    return torch.cuda.Stream(device_index, priority=-8), torch.cuda.Stream(device_index, priority=0)
 
 
 def _runs_gluon(q: torch.Tensor, chunk, cfg: BsaKernelConfig) -> bool:

@@ -316,49 +316,6 @@ def test_op_replays_in_a_cuda_graph(golden, deterministic):
         torch.use_deterministic_algorithms(False)
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the Triton kernels)")
-def test_op_in_head_groups_gives_the_bits_of_one_call():
-    """``head_groups`` (each group's selection on the side stream, its kernel on one or two lanes) changes only when
-    the work runs: with kernels whose walk order does not depend on timing, the bits of the ungrouped op, for even
-    and uneven groups, more groups than heads, two batches, a key grid longer than the query grid, topk and cdf
-    modes; and the same bits from a CUDA graph replay."""
-    from lc_runtime.ops import triton_bsa
-
-    gen = torch.Generator(device="cuda").manual_seed(9)
-    lq, chunk = (8, 8, 12), (4, 4, 4)
-    lk = (lq[0] + 4, *lq[1:])
-    q = torch.randn(2, 5, math.prod(lq), 64, device="cuda", dtype=torch.bfloat16, generator=gen)
-    k, v = (torch.randn(2, 5, math.prod(lk), 64, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in "kv")
-    sm90 = torch.cuda.get_device_capability()[0] == 9 and triton_bsa._gluon_module() is not None
-    bases = [triton_bsa.DEFAULT_CONFIG] + [triton_bsa.GLUON_DETERMINISTIC_CONFIG] * sm90
-    run = lambda kw: block_sparse_attention(q, k, v, lq, lk, chunk_3d_shape=chunk, **kw)  # noqa: E731
-    modes = [dict(sparsity=0.75), dict(sparsity=None, cdf_threshold=0.3)]
-    for base in bases:
-        old = triton_bsa.set_default_config(dataclasses.replace(base, head_groups=1, attn_lanes=1))
-        try:
-            wants = [run(kw) for kw in modes]
-            for groups, lanes in ((2, 1), (2, 2), (3, 2), (8, 1)):
-                triton_bsa.set_default_config(dataclasses.replace(base, head_groups=groups, attn_lanes=lanes))
-                for kw, want in zip(modes, wants):
-                    assert torch.equal(run(kw), want), (base, groups, lanes, kw)
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):  # warm-up off the capturing stream
-                run(modes[0])
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                static = run(modes[0])
-            for _ in range(2):
-                static.zero_()
-                graph.replay()
-                torch.cuda.synchronize()
-                assert torch.equal(static, wants[0]), (base, "graph replay")
-        finally:
-            triton_bsa.set_default_config(old)
-
-
 # ---------------------------------------------------------------------------------------------- modes / shapes
 
 
