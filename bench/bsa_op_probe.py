@@ -3,14 +3,17 @@ its parts and its variants, timed side by side in one run (bench_bsa.py's Timer:
 alternate the variants so that clock drift hits them alike):
 
 - the op as it runs by default, with key-range passes instead of rotated walks (``GLUON_DETERMINISTIC_CONFIG``,
-  what deterministic mode runs), with block-major K/V copies instead of raster reads (``raster=False``), with the
-  other Gluon version (3 against the default 4, which adds a load warp), and on the DiT's [B, S, H, D] layout (q, k, v
+  what deterministic mode runs), with session 14's selection prep (q and k means from one program per block, the
+  top-k row in one tile), with block-major K/V copies instead of raster reads (``raster=False``), with the other
+  Gluon version (3 against the default 4, which adds a load warp), and on the DiT's [B, S, H, D] layout (q, k, v
   transposed views);
-- its parts: k's means, k's copy + means, v's copy, q's means, the scores as a bf16 GEMM with fp32 output (the op)
-  and as an fp32 GEMM, each top-k method (``--no-sweep``: the default only), the kernel alone (raster reads;
-  block-major copies; the other Gluon version);
-- checks: the selections from the bf16-GEMM and the fp32-GEMM scores (rows that differ), the top-k methods'
-  indices (equal), and how far two runs of the op apart differ (rotated walks: the bits depend on timing).
+- its parts: k's means, k's copy + means, v's copy, q's means (also in other runs of blocks, and one program per
+  block), the scores as a bf16 GEMM with fp32 output (the op) and as an fp32 GEMM, the op's top-k and the other
+  row layout (one tile or two) at 2, 4 and 8 warps, each top-k method (``--no-sweep``: skipped), the kernel alone
+  (raster reads; block-major copies; the other Gluon version);
+- checks: the selections from the bf16-GEMM and the fp32-GEMM scores (rows that differ), the means that differ from
+  torch's pooling (fp32 sums in another order), the top-k variants' indices (equal), and how far two runs of the op
+  apart differ (rotated walks: the bits depend on timing).
 
 Inputs: "iid" (standard normal q, k, v) and "rope" (bench_bsa.py's RoPE-structured heads). ``--only REGEX`` times
 only the rows whose name matches (e.g. the two Gluon versions over many rounds). Writes
@@ -44,6 +47,7 @@ GRID, HEADS, D, SPARSITY = (48, 44, 80), 32, 128, 0.9375
 CHUNK = (4, 4, 4)
 TOPK_WARPS = (2, 8, 16)  # besides the default
 TOPK_GROUPS = (0, 16, 32, 64)  # the interpolation search's column groups (triton_topk.INTERP_GROUP)
+MEANS_RUNS = (0, 1, 2, 8)  # besides the default (triton_bsa.MEANS_RUN); 0: one program per block
 
 
 def op_variants(q, k, v):
@@ -60,6 +64,14 @@ def op_variants(q, k, v):
 
         return call
 
+    def with_session14_prep():  # the means-alone pass as one program per block, the top-k row in one tile
+        old = triton_bsa.MEANS_RUN, triton_topk.INTERP_SPLIT
+        triton_bsa.MEANS_RUN, triton_topk.INTERP_SPLIT = 0, False
+        try:
+            return run()
+        finally:
+            triton_bsa.MEANS_RUN, triton_topk.INTERP_SPLIT = old
+
     cfg = triton_bsa.default_config(q)
     copies = dataclasses.replace(cfg, raster=False)
     other = other_version(cfg)
@@ -72,6 +84,7 @@ def op_variants(q, k, v):
     return {
         "op (default)": run,
         "op, key-range passes": with_config(triton_bsa.GLUON_DETERMINISTIC_CONFIG),
+        "op, session 14's prep (means: one program per block; top-k: one tile)": with_session14_prep,
         f"op, block-major K/V copies ({cfg_label(copies)})": with_config(copies),
         f"op, gluon={other.gluon} ({cfg_label(other)})": with_config(other),
         # (the default reads K/V boxes from the raster layout: its rows are the raster-read rows of each layout)
@@ -115,6 +128,15 @@ def parts(q, k, v, sweep=True):
             q, k, v, idx, counts, GRID, GRID, CHUNK, other, out=out, order="sorted"
         ),
     }
+    for run in MEANS_RUNS:
+        name = "prep: q means, " + (f"runs of {run} blocks" if run else "one program per block (before session 15)")
+        calls[name] = lambda r=run: triton_bsa.blocks_and_means(q, GRID, CHUNK, store=False, run=r)
+    split = not triton_topk.INTERP_SPLIT  # the interpolation search's other row layout (two tiles or one)
+    calls["top-k: interp (the op's)"] = lambda: triton_topk.topk_ascending(scores, k_sel, torch.int32)
+    for warps in (None, 2, 8):
+        calls[f"top-k: interp, split={split}" + (f", {warps} warps" if warps else "")] = lambda w=warps: (
+            triton_topk.topk_ascending(scores, k_sel, torch.int32, num_warps=w, split=split)
+        )
     for method in triton_topk.METHODS if sweep else ():
         for warps in (None, *TOPK_WARPS):
             name = f"top-k: {method}" + (f", {warps} warps" if warps else "")
@@ -127,12 +149,15 @@ def parts(q, k, v, sweep=True):
                 scores, k_sel, torch.int32, num_warps=w, method="interp", group=g
             )
     checks = dict(k_sel=k_sel)
+    torch_means = bsa_mod.raster_block_means(q, GRID, CHUNK)
     fp32_idx = triton_topk.topk_ascending(bsa_mod.block_scores(q_mean, k_mean, None), k_sel, torch.int32)
     checks["selection rows differing, bf16-GEMM vs fp32-GEMM scores"] = [
         int((fp32_idx != idx).any(-1).sum()),
         idx[..., 0].numel(),
     ]
     for name, fn in calls.items():
+        if name.startswith("prep: q means"):  # the order of the fp32 sums differs: a rare one-ulp difference
+            checks[f"{name}: means differing from torch's pooling"] = int((fn()[1] != torch_means).sum())
         if name.startswith("top-k"):
             checks[f"{name}: same indices as the op's"] = bool(torch.equal(fn(), idx))
     return calls, checks

@@ -122,10 +122,12 @@ sync, so the op stays CUDA-graph capturable); the kernels agree to fp32 rounding
 that.
 
 Selection: in topk mode the op selects each row's key blocks straight in ascending order with the Triton top-k of
-``triton_topk.py`` (interpolation search + grouped prefix-sum compaction: 1.3 ms at the 720p refine shape; the
-radix search 3.0 ms; ``torch.topk`` 4.2 ms plus 3.5 ms for the ascending sort; bench/results/bsa_op_probe_*-s12*,
-bsa_nvidia-h200_20261122-0027-topk.md); the cdf modes sort their descending selection; group unions cost one more
-sort.
+``triton_topk.py`` (interpolation search + grouped prefix-sum compaction, the row in two tiles: 1.0-1.4 ms at the
+720p refine shape, 1.3-1.7 ms in one tile; the radix search 3.0 ms; ``torch.topk`` 4.2 ms plus 3.5 ms for the
+ascending sort; bench/results/bsa_op_probe_*-s12*, -s15*, bsa_nvidia-h200_20261122-0027-topk.md); the cdf modes sort
+their descending selection; group unions cost one more sort. The block means come from ``blocks_and_means``: with
+the copy in one pass (one program per block), alone in runs of ``MEANS_RUN`` blocks (0.4 ms per tensor at the 720p
+refine shape against 0.6-0.7 ms as one program per block, session 15).
 
 Limits: block size prod(chunk_3d_shape) must be a power of two >= 16 (tl.dot tile), D one of 16..256 (power of
 two), q/k/v must have unit stride along D (other strides are free); sizes must be exact multiples (no boundary
@@ -808,11 +810,50 @@ def _blocks_means_kernel(
         tl.store(MEAN + (bh * n_blocks + n) * HEAD_DIM + d, mean.to(X.dtype.element_ty).to(tl.float32))
 
 
-def blocks_and_means(x: torch.Tensor, latent_shape, chunk, *, store: bool = True, pool: bool = True):
+@triton.jit
+def _run_means_kernel(
+    X, MEAN,
+    sx_b, sx_h, sx_s,
+    heads, H, W, nb_h, nb_w, n_blocks, runs_w,
+    CT: tl.constexpr, CH: tl.constexpr, CW: tl.constexpr, HEAD_DIM: tl.constexpr, WB: tl.constexpr,
+):  # fmt: skip
+    # One program per (run of WB neighbouring blocks along w, block row (bt, bh), batch·head): the run's CT·CH token
+    # rows, WB·CW consecutive tokens each (contiguous in the raster layout), summed in fp32 row by row, then the CW
+    # columns of each block; times 1 / BLOCK (a power of two: exact), rounded once to the input dtype.
+    TOK: tl.constexpr = WB * CW
+    pid = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    b, h = bh // heads, bh % heads
+    run, row = pid % runs_w, pid // runs_w
+    bt, bhh = row // nb_h, row % nb_h
+    w = run * TOK + tl.arange(0, TOK)
+    d = tl.arange(0, HEAD_DIM)
+    inside = (w < W)[:, None]
+    base = X + b * sx_b + h * sx_h + d[None, :]
+    acc = tl.zeros([TOK, HEAD_DIM], tl.float32)
+    for r in tl.static_range(CT * CH):
+        tok = ((bt * CT + r // CH) * H + bhh * CH + r % CH).to(tl.int64) * W + w
+        acc += tl.load(base + tok[:, None] * sx_s, mask=inside, other=0.0).to(tl.float32)
+    sums = tl.sum(tl.reshape(acc, [WB, CW, HEAD_DIM]), axis=1)
+    bw = run * WB + tl.arange(0, WB)
+    mean = (sums * (1.0 / (CT * CH * CW))).to(X.dtype.element_ty).to(tl.float32)
+    tl.store(MEAN + (bh * n_blocks + row * nb_w + bw)[:, None] * HEAD_DIM + d[None, :], mean, mask=(bw < nb_w)[:, None])
+
+
+# Means alone: programs over runs of MEANS_RUN neighbouring blocks along w, reading CT·CH contiguous stretches of
+# MEANS_RUN·CW tokens (``_run_means_kernel``) instead of one program per block summing its [64, D] tile at once. At
+# the 720p refine shape on an H200: 0.4 ms against 0.6-0.7 ms per tensor, for runs of 1 to 8 blocks at 4 or 8 warps
+# alike (bench/bsa_op_probe.py, results/bsa_op_probe_nvidia-h200_20261122-s15b, -s15c).
+MEANS_RUN = 4
+
+
+def blocks_and_means(x: torch.Tensor, latent_shape, chunk, *, store: bool = True, pool: bool = True, run=None):
     """One pass over raster-ordered x [B, H, S, D] (unit stride along D): its block-major copy ([B·H·S, D]
     contiguous, as ``reorder_to_blocks(x).reshape(-1, D)``) when ``store``, and its per-block means ([B, H, N_blk, D]
     fp32 holding values rounded to x's dtype, as ``raster_block_means``) when ``pool``; None for what is not asked.
-    The block must be a power of two of >= 16 tokens and D a power of two (what the BSA kernels take)."""
+    The block must be a power of two of >= 16 tokens and D a power of two (what the BSA kernels take). ``run``: the
+    means-alone pass's blocks per program along w (a power of two; default ``MEANS_RUN``; 0: one program per block,
+    as the pass that also copies)."""
     bsz, heads, seq, d = x.shape
     ct, ch, cw = (int(c) for c in chunk)
     block = ct * ch * cw
@@ -827,6 +868,16 @@ def blocks_and_means(x: torch.Tensor, latent_shape, chunk, *, store: bool = True
     mean = torch.empty(bsz, heads, n_blocks, d, dtype=torch.float32, device=x.device) if pool else None
     if not (store or pool):
         return out, mean
+    run = MEANS_RUN if run is None else int(run)
+    if run < 0 or run & (run - 1):
+        raise ValueError(f"blocks_and_means: run must be 0 or a power of two; got {run}")
+    if run and not store:
+        nb_h, nb_w = hh // ch, w // cw
+        runs_w = -(-nb_w // run)
+        args = (x, mean, x.stride(0), x.stride(1), x.stride(2), heads, hh, w, nb_h, nb_w, n_blocks, runs_w)
+        meta = dict(CT=ct, CH=ch, CW=cw, HEAD_DIM=d, WB=run, num_warps=4)
+        _launch(_run_means_kernel, ((t // ct) * nb_h * runs_w, bsz * heads), x, args, meta)
+        return out, mean
     # fmt: off
     args = (
         x, out if store else x, mean if pool else x,
@@ -835,13 +886,17 @@ def blocks_and_means(x: torch.Tensor, latent_shape, chunk, *, store: bool = True
     )
     # fmt: on
     meta = dict(CT=ct, CH=ch, CW=cw, HEAD_DIM=d, STORE=store, POOL=pool, num_warps=4)
-    grid = (n_blocks, bsz * heads)
+    _launch(_blocks_means_kernel, (n_blocks, bsz * heads), x, args, meta)
+    return out, mean
+
+
+def _launch(kernel, grid, x, args, meta) -> None:
+    """``kernel[grid](*args, **meta)`` on x's GPU (or on CPU under TRITON_INTERPRET=1)."""
     if x.is_cuda:
         with torch.cuda.device(x.device):
-            _blocks_means_kernel[grid](*args, **meta)
+            kernel[grid](*args, **meta)
     else:
-        _blocks_means_kernel[grid](*args, **meta)
-    return out, mean
+        kernel[grid](*args, **meta)
 
 
 def _pass_bounds(indices, counts, passes, latent_shape_k, chunk) -> list[torch.Tensor]:

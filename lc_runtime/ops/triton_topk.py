@@ -26,7 +26,10 @@ scores, one write of the indices; no sort. Two searches (``topk_ascending(method
   instead of over one 4,096-long vector, whose scan cost ~1 ms. On the H200 at the 720p refine shape, on the op's
   scores (bench/bsa_op_probe.py, results/bsa_op_probe_nvidia-h200_20261122-s12c): 1.2-1.3 ms at 4 warps per row
   (groups of 16 / 32 / 64: 1.3 / 1.2 / 1.3 ms; at 8 warps 1.6-1.7 ms), against 2.3-2.4 ms as one vector (group 0)
-  and 3.0 ms for the radix search (s12b), same indices.
+  and 3.0 ms for the radix search (s12b), same indices. Rows of at most 3/4 of a power of two are held as two tiles,
+  half the power of two and the rest rounded up (``INTERP_SPLIT``, ``TAIL``: 2,640 columns as 2,048 + 1,024 instead of
+  4,096), at half the warps: every step compares and counts a quarter fewer columns. Session 15, same run
+  (results/bsa_op_probe_nvidia-h200_20261122-s15c): 1.3 ms against 1.7 ms as one tile, the same indices.
 
 Ties: when several columns share the k-th largest score, the lowest-numbered ones are taken (as a stable descending
 sort would); ``topk_ascending_ref`` is that rule in PyTorch. -0.0 and +0.0 count as equal (as in float comparison).
@@ -114,6 +117,39 @@ def _columns(BLOCK: tl.constexpr, GROUP: tl.constexpr):
 
 
 @triton.jit
+def _row_keys(row_ptr, cols, n_cols):
+    """int32 keys of a row's columns ``cols`` (as built in ``_topk_ascending_kernel``) and which columns exist."""
+    inside = cols < n_cols
+    x = tl.load(row_ptr + cols, mask=inside, other=0.0).to(tl.float32) + 0.0  # -0.0 -> +0.0
+    bits = x.to(tl.int32, bitcast=True)
+    return tl.where(inside, bits ^ ((bits >> 31) & 0x7FFFFFFF), -2147483648), inside
+
+
+@triton.jit
+def _count(hit, hit_t, TAIL: tl.constexpr):
+    """How many entries of ``hit`` (and, with a tail tile, of ``hit_t``) are true."""
+    c = tl.sum(hit.to(tl.int32), axis=None)
+    if TAIL:
+        c += tl.sum(hit_t.to(tl.int32), axis=None)
+    return c
+
+
+@triton.jit
+def _compact(out_row, take, cols, before, k_sel, GROUP: tl.constexpr):
+    """Stores the taken columns of a tile at positions ``before`` + their rank among the taken; returns how many."""
+    taken = take.to(tl.int32)
+    if GROUP:  # prefix sums within each group of GROUP columns, plus the groups' exclusive prefix sum
+        per_group = tl.sum(taken, axis=1)
+        pos = tl.cumsum(taken, axis=1) + (tl.cumsum(per_group, axis=0) - per_group)[:, None] + (before - 1)
+        total = tl.sum(per_group, axis=0)
+    else:
+        pos = tl.cumsum(taken, axis=0) + (before - 1)
+        total = tl.sum(taken, axis=0)
+    tl.store(out_row + pos, cols, mask=take & (pos < k_sel))
+    return total
+
+
+@triton.jit
 def _topk_interp_kernel(
     scores_ptr,
     out_ptr,
@@ -124,17 +160,28 @@ def _topk_interp_kernel(
     BLOCK: tl.constexpr,
     MAX_STEPS: tl.constexpr,
     GROUP: tl.constexpr = 0,
+    TAIL: tl.constexpr = 0,
+    TAIL_GROUP: tl.constexpr = 0,
 ):
+    # The row: columns [0, BLOCK) in one tile and, with TAIL > 0, columns [BLOCK, BLOCK + TAIL) in a second one
+    # (2,640 columns as 2,048 + 1,024 instead of 4,096: a quarter less work per step). Every count, min and max
+    # below covers both tiles (``_count``; ``if TAIL`` otherwise).
     row = tl.program_id(0).to(tl.int64)
+    row_ptr = scores_ptr + row * stride_s
     cols = _columns(BLOCK, GROUP)
-    inside = cols < n_cols
-    x = tl.load(scores_ptr + row * stride_s + cols, mask=inside, other=0.0).to(tl.float32) + 0.0  # -0.0 -> +0.0
-    bits = x.to(tl.int32, bitcast=True)
-    key = tl.where(inside, bits ^ ((bits >> 31) & 0x7FFFFFFF), -2147483648)  # as in _topk_ascending_kernel
+    key, inside = _row_keys(row_ptr, cols, n_cols)
+    if TAIL:
+        cols_t = BLOCK + _columns(TAIL, TAIL_GROUP)
+        key_t, inside_t = _row_keys(row_ptr, cols_t, n_cols)
+    else:
+        cols_t, key_t, inside_t = cols, key, inside  # (not read)
     # The bracket [lo, hi) of keys (int64: hi may be 2^31, widths 2^32): c_lo = count(key >= lo) > k and
     # c_hi = count(key >= hi) < k, with the float values lo_v, hi_v of its ends and their count logits f_lo, f_hi.
     kmin = tl.min(tl.where(inside, key, 2147483647), axis=None)
     kmax = tl.max(key, axis=None)
+    if TAIL:
+        kmin = tl.minimum(kmin, tl.min(tl.where(inside_t, key_t, 2147483647), axis=None))
+        kmax = tl.maximum(kmax, tl.max(key_t, axis=None))
     lo = kmin.to(tl.int64)
     hi = kmax.to(tl.int64) + 1
     lo_v = _key_value(kmin)
@@ -167,7 +214,7 @@ def _topk_interp_kernel(
         g = (gbits ^ ((gbits >> 31) & 0x7FFFFFFF)).to(tl.int64)
         g = tl.minimum(tl.maximum(g, tl.maximum(lo + 1, hi - half)), tl.minimum(hi - 1, lo + half))
         t = g.to(tl.int32)
-        c = tl.sum((key >= t).to(tl.int32), axis=None)
+        c = _count(key >= t, key_t >= t, TAIL)
         f_c = _count_logit(c.to(tl.float32), n_f)
         g_v = _key_value(t)
         up = c > k_sel
@@ -198,10 +245,14 @@ def _topk_interp_kernel(
         # too, so that both are the same min-reduction. Padding (INT_MIN) lies below lo (lo >= the row's smallest
         # key > INT_MIN: only NaN bits map to INT_MIN) and flips to INT_MAX, above every flipped score below hi.
         flip = tl.where(one_under, -1, 0)
-        col_flip = tl.where(one_under, 0, BLOCK - 1)
+        SPAN: tl.constexpr = 2 * BLOCK if TAIL else BLOCK  # (columns < SPAN, a power of two)
+        col_flip = tl.where(one_under, 0, SPAN - 1)
         bound = tl.where(one_under, (hi - 1).to(tl.int32), lo.to(tl.int32)) ^ flip  # (hi may be 2^31)
         packed = ((key ^ flip).to(tl.int64) << 32) | (cols ^ col_flip).to(tl.int64)
         p = tl.min(tl.where((key ^ flip) >= bound, packed, 9223372036854775807), axis=None)
+        if TAIL:
+            packed_t = ((key_t ^ flip).to(tl.int64) << 32) | (cols_t ^ col_flip).to(tl.int64)
+            p = tl.minimum(p, tl.min(tl.where((key_t ^ flip) >= bound, packed_t, 9223372036854775807), axis=None))
         thr = (p >> 32).to(tl.int32) ^ flip
         col = p.to(tl.int32) ^ col_flip  # the low word
         cb = tl.where(one_under, col, col - 1)
@@ -216,21 +267,18 @@ def _topk_interp_kernel(
         c_b = n_i - 1
         while c_b - c_a > 1:
             mid = (c_a + c_b) // 2
-            enough = tl.sum(((key == thr) & (cols <= mid)).to(tl.int32), axis=None) >= need
+            enough = _count((key == thr) & (cols <= mid), (key_t == thr) & (cols_t <= mid), TAIL) >= need
             c_a = tl.where(enough, c_a, mid)
             c_b = tl.where(enough, mid, c_b)
         cb = c_b
     # out_cols: the columns again, plus program_id(1) (0: the grid is one-dimensional) so that the compiler does not
     # keep the load's 64-bit column offsets alive through the search for the store (150 registers at 4 warps, not 164)
     out_cols = _columns(BLOCK, GROUP) + tl.program_id(1)
-    take = (key > thr) | ((key == thr) & (out_cols <= cb))
-    if GROUP:  # prefix sums within each group of GROUP columns, plus the groups' exclusive prefix sum
-        taken = take.to(tl.int32)
-        per_group = tl.sum(taken, axis=1)
-        pos = tl.cumsum(taken, axis=1) + (tl.cumsum(per_group, axis=0) - per_group)[:, None] - 1
-    else:
-        pos = tl.cumsum(take.to(tl.int32), axis=0) - 1
-    tl.store(out_ptr + row * stride_o + pos, out_cols, mask=take & (pos < k_sel))
+    out_row = out_ptr + row * stride_o
+    before = _compact(out_row, (key > thr) | ((key == thr) & (out_cols <= cb)), out_cols, 0, k_sel, GROUP)
+    if TAIL:
+        out_cols_t = BLOCK + _columns(TAIL, TAIL_GROUP) + tl.program_id(1)
+        _compact(out_row, (key_t > thr) | ((key_t == thr) & (out_cols_t <= cb)), out_cols_t, before, k_sel, TAIL_GROUP)
 
 
 # A row lives in one program's registers; the radix search's packed counts would allow 2^21 - 1 columns. The 720p
@@ -246,6 +294,12 @@ METHODS = ("interp", "radix")
 # The interpolation search's row layout: rows of INTERP_GROUP consecutive columns (a [BLOCK / G, G] tile; its final
 # prefix sum runs within groups, plus one over the groups' counts), or 0: one vector of BLOCK columns.
 INTERP_GROUP = 32
+# The interpolation search's row as two tiles (half the power of two and the rest, rounded up) where that saves a
+# quarter or more of the columns (``topk_ascending(split=...)``), at half the warps of one tile: 2,640 columns as
+# 2,048 + 1,024 at 2 warps. At the 720p refine shape on an H200, same run (bench/bsa_op_probe.py,
+# results/bsa_op_probe_nvidia-h200_20261122-s15c): 1.3 ms against 1.7 ms as one tile of 4,096 at 4 warps (two tiles
+# at 4 warps: 1.4 ms, at 8: 1.8-1.9 ms), the same indices.
+INTERP_SPLIT = True
 
 
 def topk_ascending(
@@ -256,6 +310,7 @@ def topk_ascending(
     num_warps: int | None = None,
     method: str = "interp",
     group: int | None = None,
+    split: bool | None = None,
 ) -> torch.Tensor:
     """Columns of the ``k`` largest entries of each row of ``scores`` [..., N], in ascending column order.
 
@@ -263,7 +318,9 @@ def topk_ascending(
     ``num_warps``: per program (one row each); default by row length (bench/bench_bsa.py times the choices).
     ``method``: "interp" (the interpolation search, ``_topk_interp_kernel``) or "radix" (the radix search,
     ``_topk_ascending_kernel``); both return the same indices. ``group``: the interpolation search's column groups
-    (0 or a power of two; default ``INTERP_GROUP``); any gives the same indices.
+    (0 or a power of two; default ``INTERP_GROUP``); any gives the same indices. ``split``: the interpolation
+    search's row as two tiles where that saves a quarter of the columns or more (default ``INTERP_SPLIT``); the same
+    indices.
     Runs on CUDA tensors, or on CPU tensors under TRITON_INTERPRET=1. Raises ValueError for k outside [1, N] and for
     an unknown method.
     """
@@ -290,7 +347,13 @@ def topk_ascending(
             _topk_ascending_kernel[(rows.shape[0],)](*args, BLOCK=block, num_warps=warps)
         else:
             group = INTERP_GROUP if group is None else group
+            tail = 0
+            if (INTERP_SPLIT if split is None else split) and block >= 8 and 4 * n <= 3 * block:
+                block //= 2  # the row as half the power of two plus a tail tile of the rest (rounded up)
+                tail = triton.next_power_of_2(n - block)
+                warps = num_warps or max(2, warps // 2)  # as many columns per thread as one tile of 2 x block
             _topk_interp_kernel[(rows.shape[0],)](
-                *args, BLOCK=block, MAX_STEPS=INTERP_MAX_STEPS, GROUP=min(group, block), num_warps=warps
-            )
+                *args, BLOCK=block, MAX_STEPS=INTERP_MAX_STEPS, GROUP=min(group, block), TAIL=tail,
+                TAIL_GROUP=min(group, tail), num_warps=warps,
+            )  # fmt: skip
     return out.view(*scores.shape[:-1], k)

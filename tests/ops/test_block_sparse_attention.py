@@ -684,7 +684,8 @@ def test_raster_view_boxes_are_the_3d_blocks():
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed (not a dependency)")
 def test_blocks_and_means_and_kv_blocks_refuse_bad_inputs():
     """The sm_90 prep names what does not fit before launching anything: a block that is not a power of two, a grid
-    the chunk does not tile, and TMA copies of the wrong shape handed to the kernel."""
+    the chunk does not tile, a run of blocks that is not a power of two, and TMA copies of the wrong shape handed to
+    the kernel."""
     from lc_runtime.ops.triton_bsa import TMA_CONFIG, blocks_and_means, bsa_forward
 
     x = torch.randn(1, 2, 128, 32)
@@ -692,6 +693,8 @@ def test_blocks_and_means_and_kv_blocks_refuse_bad_inputs():
         blocks_and_means(x.narrow(2, 0, 108), (3, 6, 6), (3, 3, 3))
     with pytest.raises(ValueError, match=r"latent shape \(2, 8, 4\) does not tile 128 tokens"):
         blocks_and_means(x.narrow(2, 0, 128), (2, 8, 4), (2, 4, 8))
+    with pytest.raises(ValueError, match="run must be 0 or a power of two; got 3"):
+        blocks_and_means(x, (2, 8, 8), (2, 4, 8), store=False, run=3)
     idx, counts = select_blocks_raster(x, x, (2, 8, 8), (2, 8, 8), 0.5, None, (2, 4, 8))
     bad = torch.empty(2 * 128, 16)
     with pytest.raises(ValueError, match=r"kv_blocks must be contiguous \[256, 32\]"):
@@ -707,8 +710,9 @@ def _errors(actual, ref, baseline) -> dict:
 def _fused_prep_record(case, q, k, v, lq, lk, chunk, sparsity, cdf, ref, baseline, fp32=False, golden=None) -> dict:
     """The op's sm_90 path (``_bsa_cuda`` with the TMA config: block-major k / v copies and block means from one
     Triton pass each) on CPU tensors under the interpreter, against the PyTorch pieces it replaces: the copies
-    bitwise; the means bitwise for bf16 inputs (an fp32 sum of 64 bf16 values, rounded to bf16), within an fp32
-    rounding for fp32 inputs (summation order); the op's output vs the reference and vs the TMA kernel run on
+    bitwise; the means (the copying pass's and the means-alone pass's, in runs of several lengths) bitwise for bf16
+    inputs (an fp32 sum of 64 bf16 values, rounded to bf16), within an fp32 rounding for fp32 inputs (summation
+    order); the op's output vs the reference and vs the TMA kernel run on
     ``select_blocks_raster``'s selection; with ``golden`` (out, block indices), the distance to the original's output
     and whether the selection is the golden one."""
     from lc_runtime.ops import triton_bsa
@@ -721,6 +725,10 @@ def _fused_prep_record(case, q, k, v, lq, lk, chunk, sparsity, cdf, ref, baselin
     copies = [torch.equal(blocks, reorder_to_blocks(x, lk, chunk).flatten(0, 2)) for blocks, x in ((kb, k), (vb, v))]
     rec["copies_equal"] = all(copies) and none_mean is None and none_blocks is None
     means = [(k_mean, raster_block_means(k, lk, chunk)), (q_mean, raster_block_means(q, lq, chunk))]
+    # the means-alone pass (q's above) in runs of 1, 2, 8 blocks along w (the default: MEANS_RUN = 4), and as one
+    # program per block (run=0, the copying pass's programs)
+    for run in (0, 1, 2, 8):
+        means.append((triton_bsa.blocks_and_means(k, lk, chunk, store=False, run=run)[1], means[0][1]))
     mean_diff = max((mean - ref_mean).abs().max().item() for mean, ref_mean in means)
     rec["means_ok"] = mean_diff <= (1e-6 if fp32 else 0.0)
     old = triton_bsa.set_default_config(triton_bsa.TMA_CONFIG)

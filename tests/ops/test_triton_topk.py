@@ -113,11 +113,13 @@ def _check_kernel(device) -> list[dict]:
         want = topk_ascending_ref(scores, k)
         dtype = (torch.int64, torch.int32)[i % 2]  # (the interpreter is slow: each case with one of the two)
         # both searches; every third case also the interpolation search on one vector of columns (group 0)
-        # instead of its default groups of INTERP_GROUP columns
-        for method, group in [(m, None) for m in METHODS] + [("interp", 0)] * (i % 3 == 0):
-            got = topk_ascending(scores, k, dtype=dtype, method=method, group=group)
+        # instead of its default groups of INTERP_GROUP columns, every third other case also with its row in one
+        # tile (split=False; the default splits rows of at most 3/4 of a power of two: 2,640, 513, 300, 90, ...)
+        variants = [(m, None, None) for m in METHODS] + [("interp", 0, None)] * (i % 3 == 0)
+        for method, group, split in variants + [("interp", None, False)] * (i % 3 == 1):
+            got = topk_ascending(scores, k, dtype=dtype, method=method, group=group, split=split)
             ok = got.dtype == dtype and got.shape == want.shape and torch.equal(got.long().cpu(), want.cpu())
-            records.append(dict(case=f"{name} {method} group={group} {dtype}", ok=ok))
+            records.append(dict(case=f"{name} {method} group={group} split={split} {dtype}", ok=ok))
     return records
 
 
@@ -131,7 +133,7 @@ def test_triton_topk_in_interpreter():
     assert proc.returncode == 0, proc.stderr[-4000:]
     records = json.loads(proc.stdout.strip().splitlines()[-1])
     n = len(score_cases())
-    assert len(records) == 2 * n + -(-n // 3)
+    assert len(records) == 2 * n + -(-n // 3) + (n + 1) // 3
     assert all(r["ok"] for r in records), [r["case"] for r in records if not r["ok"]]
 
 
