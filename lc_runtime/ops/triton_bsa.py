@@ -588,6 +588,15 @@ def _bsa_fwd_tma_kernel(
         tl.store(ACC + state_rows[:, None] * HEAD_DIM + offs_d[None, :], acc)
 
 
+def _launch(kernel, grid, x, args, meta) -> None:
+    """``kernel[grid](*args, **meta)`` on x's GPU (or on CPU under TRITON_INTERPRET=1)."""
+    if x.is_cuda:
+        with torch.cuda.device(x.device):
+            kernel[grid](*args, **meta)
+    else:
+        kernel[grid](*args, **meta)
+
+
 @functools.lru_cache
 def _l2_bytes(device_index: int) -> int:
     return getattr(torch.cuda.get_device_properties(device_index), "L2_cache_size", 0)
@@ -701,11 +710,7 @@ def bsa_forward(
         # fmt: on
         meta = dict(CT=ct, CH=ch, CW=cw, HEAD_DIM=d, N_SUB=cfg.n_sub, GH=gh, GW=gw, DOT_PRECISION=precision)
         meta.update(FIRST=p == 0, LAST=p == passes - 1, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-        if q.is_cuda:
-            with torch.cuda.device(q.device):
-                _bsa_fwd_kernel[grid](*args, **meta)
-        else:
-            _bsa_fwd_kernel[grid](*args, **meta)
+        _launch(_bsa_fwd_kernel, grid, q, args, meta)
     return out
 
 
@@ -777,11 +782,7 @@ def _launch_tma(q, k, v, out, idx, bounds, state, q_hw, latent_k, chunk, cfg, gr
             heads, sq, sk // block, _LOG2E / math.sqrt(d), hq, wq, hq // ch, wq // cw, *extra,
         )
         # fmt: on
-        if q.is_cuda:
-            with torch.cuda.device(q.device):
-                kernel[grid](*args, **meta, FIRST=p == 0, LAST=p == passes - 1)
-        else:
-            kernel[grid](*args, **meta, FIRST=p == 0, LAST=p == passes - 1)
+        _launch(kernel, grid, q, args, {**meta, "FIRST": p == 0, "LAST": p == passes - 1})
 
 
 @triton.jit
@@ -888,15 +889,6 @@ def blocks_and_means(x: torch.Tensor, latent_shape, chunk, *, store: bool = True
     meta = dict(CT=ct, CH=ch, CW=cw, HEAD_DIM=d, STORE=store, POOL=pool, num_warps=4)
     _launch(_blocks_means_kernel, (n_blocks, bsz * heads), x, args, meta)
     return out, mean
-
-
-def _launch(kernel, grid, x, args, meta) -> None:
-    """``kernel[grid](*args, **meta)`` on x's GPU (or on CPU under TRITON_INTERPRET=1)."""
-    if x.is_cuda:
-        with torch.cuda.device(x.device):
-            kernel[grid](*args, **meta)
-    else:
-        kernel[grid](*args, **meta)
 
 
 def _pass_bounds(indices, counts, passes, latent_shape_k, chunk) -> list[torch.Tensor]:

@@ -42,15 +42,36 @@ import triton.language as tl
 
 
 @triton.jit
+def _row_keys(row_ptr, cols, n_cols):
+    """int32 keys of a row's columns ``cols`` and which columns exist. The keys are ordered as the floats:
+    non-negative floats keep their bits, negative ones (sign set: a larger magnitude has larger bits) get their 31 low
+    bits flipped; -0.0 counts as +0.0. Padding: INT_MIN, below every candidate threshold of both searches."""
+    inside = cols < n_cols
+    x = tl.load(row_ptr + cols, mask=inside, other=0.0).to(tl.float32) + 0.0  # -0.0 -> +0.0
+    bits = x.to(tl.int32, bitcast=True)
+    return tl.where(inside, bits ^ ((bits >> 31) & 0x7FFFFFFF), -2147483648), inside
+
+
+@triton.jit
+def _compact(out_row, take, cols, before, k_sel, GROUP: tl.constexpr):
+    """Stores the taken columns of a tile at positions ``before`` + their rank among the taken; returns how many."""
+    taken = take.to(tl.int32)
+    if GROUP:  # prefix sums within each group of GROUP columns, plus the groups' exclusive prefix sum
+        per_group = tl.sum(taken, axis=1)
+        pos = tl.cumsum(taken, axis=1) + (tl.cumsum(per_group, axis=0) - per_group)[:, None] + (before - 1)
+        total = tl.sum(per_group, axis=0)
+    else:
+        pos = tl.cumsum(taken, axis=0) + (before - 1)
+        total = tl.sum(taken, axis=0)
+    tl.store(out_row + pos, cols, mask=take & (pos < k_sel))
+    return total
+
+
+@triton.jit
 def _topk_ascending_kernel(scores_ptr, out_ptr, n_cols, k_sel, stride_s, stride_o, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
-    inside = cols < n_cols
-    x = tl.load(scores_ptr + row * stride_s + cols, mask=inside, other=0.0).to(tl.float32) + 0.0  # -0.0 -> +0.0
-    bits = x.to(tl.int32, bitcast=True)
-    # int32 keys ordered as the floats: non-negative floats keep their bits, negative ones (sign set: a larger
-    # magnitude has larger bits) get their 31 low bits flipped. Padding: INT_MIN, below every candidate below.
-    key = tl.where(inside, bits ^ ((bits >> 31) & 0x7FFFFFFF), -2147483648)
+    key, inside = _row_keys(scores_ptr + row * stride_s, cols, n_cols)
     # Radix search, two bits per step: t is the largest value found so far with count(key >= t) >= k (n_ge of
     # them). Each step counts the keys at or above t + j * 2^lo (j = 1, 2, 3) in one packed int64 reduction
     # (21 bits per count) and keeps the largest candidate that still has >= k keys at or above it. It stops when
@@ -76,8 +97,7 @@ def _topk_ascending_kernel(scores_ptr, out_ptr, n_cols, k_sel, stride_s, stride_
     tied = (key == t) & inside
     need = k_sel - tl.sum(above.to(tl.int32), axis=0)  # tied columns to take, lowest-numbered first
     take = above | (tied & (tl.cumsum(tied.to(tl.int32), axis=0) <= need))
-    pos = tl.cumsum(take.to(tl.int32), axis=0) - 1
-    tl.store(out_ptr + row * stride_o + pos, cols, mask=take)
+    _compact(out_ptr + row * stride_o, take, cols, 0, k_sel, 0)
 
 
 # Steps of the interpolation search at most. The bracket starts at most 2^32 keys wide (kmax + 1 - kmin); every guess
@@ -102,7 +122,7 @@ def _count_logit(c, n):
 
 @triton.jit
 def _key_value(key):
-    """The float whose key (as built in the kernels) is ``key`` (int32), +-inf as +-FLT_MAX (no inf - inf)."""
+    """The float whose key (``_row_keys``) is ``key`` (int32), +-inf as +-FLT_MAX (no inf - inf)."""
     v = (key ^ ((key >> 31) & 0x7FFFFFFF)).to(tl.float32, bitcast=True)
     return tl.minimum(tl.maximum(v, -3.4028234663852886e38), 3.4028234663852886e38)
 
@@ -117,36 +137,12 @@ def _columns(BLOCK: tl.constexpr, GROUP: tl.constexpr):
 
 
 @triton.jit
-def _row_keys(row_ptr, cols, n_cols):
-    """int32 keys of a row's columns ``cols`` (as built in ``_topk_ascending_kernel``) and which columns exist."""
-    inside = cols < n_cols
-    x = tl.load(row_ptr + cols, mask=inside, other=0.0).to(tl.float32) + 0.0  # -0.0 -> +0.0
-    bits = x.to(tl.int32, bitcast=True)
-    return tl.where(inside, bits ^ ((bits >> 31) & 0x7FFFFFFF), -2147483648), inside
-
-
-@triton.jit
 def _count(hit, hit_t, TAIL: tl.constexpr):
     """How many entries of ``hit`` (and, with a tail tile, of ``hit_t``) are true."""
     c = tl.sum(hit.to(tl.int32), axis=None)
     if TAIL:
         c += tl.sum(hit_t.to(tl.int32), axis=None)
     return c
-
-
-@triton.jit
-def _compact(out_row, take, cols, before, k_sel, GROUP: tl.constexpr):
-    """Stores the taken columns of a tile at positions ``before`` + their rank among the taken; returns how many."""
-    taken = take.to(tl.int32)
-    if GROUP:  # prefix sums within each group of GROUP columns, plus the groups' exclusive prefix sum
-        per_group = tl.sum(taken, axis=1)
-        pos = tl.cumsum(taken, axis=1) + (tl.cumsum(per_group, axis=0) - per_group)[:, None] + (before - 1)
-        total = tl.sum(per_group, axis=0)
-    else:
-        pos = tl.cumsum(taken, axis=0) + (before - 1)
-        total = tl.sum(taken, axis=0)
-    tl.store(out_row + pos, cols, mask=take & (pos < k_sel))
-    return total
 
 
 @triton.jit
